@@ -1,0 +1,107 @@
+"""Prometheus series (SPEC §12.1, DECISIONS D16), in a registry per server.
+
+A registry of our own, not the global one, so several servers can live in one process (the tests run
+many) and ``/metrics`` shows exactly this server.  Label values are bounded: namespaces, formats and
+qualities, never hashes or URLs.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+import imageserver
+
+# The Go client's default buckets, which the Go server's dashboards expect.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+VARIANT_LABELS = ("namespace", "format", "quality")
+
+
+class Metrics:
+    """Every series the server updates."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        build = Gauge(
+            "image_server_build_info",
+            "Build information (go_version holds the Python version).",
+            ("go_version", "version", "git_hash", "build_timestamp"),
+            registry=registry,
+        )
+        build.labels(
+            platform.python_version(),
+            imageserver.__version__,
+            imageserver.GIT_HASH,
+            imageserver.BUILD_TIMESTAMP,
+        ).set(1)
+        self.new_image = Counter(
+            "image_server_new_image_request", "Uploads received.", registry=registry
+        )
+        self.new_image_failed = Counter(
+            "image_server_new_image_request_failed", "Uploads that failed.", registry=registry
+        )
+        self.version_ok = Counter(
+            "image_server_processing_version_ok",
+            "Variants made.",
+            VARIANT_LABELS,
+            registry=registry,
+        )
+        self.version_noop = Counter(
+            "image_server_processing_version_noop",
+            "Variant requests that found the file made or being made.",
+            VARIANT_LABELS,
+            registry=registry,
+        )
+        self.version_failed = Counter(
+            "image_server_processing_version_failed",
+            "Variants that could not be made.",
+            VARIANT_LABELS,
+            registry=registry,
+        )
+        self.versions_noop = Counter(
+            "image_server_processing_versions_noop",
+            "Batches with nothing left to make.",
+            ("namespace",),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "image_server_request_latency_seconds",
+            "Time spent in each handler.",
+            ("handler",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def watch_pool(self, pool: PoolState) -> None:
+        """Export the worker pool's live state."""
+        self.registry.register(_PoolCollector(pool))
+
+
+class PoolState:
+    """What `_PoolCollector` reads from the pool; `WorkerPool` has these attributes."""
+
+    size: int
+    in_flight: int
+    queued: int
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: PoolState) -> None:
+        self.pool = pool
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield GaugeMetricFamily(
+            "image_server_workers", "Worker processes in the pool.", value=self.pool.size
+        )
+        yield GaugeMetricFamily(
+            "image_server_jobs_in_flight",
+            "Jobs running or waiting for a worker.",
+            value=self.pool.in_flight,
+        )
+        yield GaugeMetricFamily(
+            "image_server_queue_depth", "Jobs waiting for a worker.", value=self.pool.queued
+        )

@@ -1,0 +1,224 @@
+"""Every server flag in one table: name, default, environment variable, validation (SPEC §11.5).
+
+`Config` is the table.  `ServerOptions` (for ``twistd imageserver`` and ``image-server server``) is
+generated from it, so a flag cannot exist in one and not the other, and the configuration reference
+can be generated from the same fields.  Flags take the Go spelling (``--local_base_path``,
+``--require-signature``); dashes and underscores are interchangeable, and each flag falls back to
+``IMAGE_SERVER_<NAME>`` in the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from twisted.python import usage
+
+from imageserver.names import DEFAULT_EXTENSIONS, split_outputs
+
+ENV_PREFIX = "IMAGE_SERVER_"
+
+
+def _flag(
+    default: Any,
+    help: str,
+    *,
+    check: Callable[[Any], str | None] | None = None,
+    short: str | None = None,
+) -> Any:
+    return field(default=default, metadata={"help": help, "check": check, "short": short})
+
+
+def _at_least(minimum: int) -> Callable[[int], str | None]:
+    return lambda value: None if value >= minimum else f"must be at least {minimum}"
+
+
+def _between(low: int, high: int) -> Callable[[int], str | None]:
+    return lambda value: None if low <= value <= high else f"must be between {low} and {high}"
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    return lambda value: None if value.lower() in choices else f"must be one of {', '.join(choices)}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The server's configuration; field names are the flags' names with dashes as underscores."""
+
+    port: int = _flag(7000, "Port of the main site.", check=_between(0, 65535))
+    listen: str = _flag("127.0.0.1", "Address both sites listen on.")
+    admin_port: int = _flag(
+        7002, "Port of the admin site (probes, metrics).", check=_between(0, 65535)
+    )
+    local_base_path: str = _flag("public", "Directory of the local store.")
+    extensions: tuple[str, ...] = _flag(
+        DEFAULT_EXTENSIONS, "Extensions served on GET, comma separated; empty allows all."
+    )
+    remote_base_url: str = _flag("", "Base URL of the remote store (read-back).")
+    remote_base_path: str = _flag("", "Key prefix in the remote store.")
+    uploader: str = _flag("", "Remote store: s3, noop, or empty for automatic.")
+    uploader_concurrency: int = _flag(10, "Uploads run at once.", check=_at_least(1))
+    max_file_age: int = _flag(30, "Minutes a cached local file is kept (remote store only).")
+    aws_access_key_id: str = _flag("", "AWS access key id.")
+    aws_secret_key: str = _flag("", "AWS secret key.")
+    aws_bucket: str = _flag("", "S3 bucket.")
+    aws_region: str = _flag("", "S3 region.")
+    maximum_width: int = _flag(
+        1000, "Largest width or height of a variant; 0 for no limit.", check=_at_least(0)
+    )
+    default_quality: int = _flag(
+        75, "Quality of variants whose name has no -qN.", check=_between(1, 100)
+    )
+    outputs: tuple[str, ...] = _flag((), "Variants made on upload when the request names none.")
+    namespace: str = _flag("", "Namespace (for the cli command).")
+    processor_concurrency: int = _flag(
+        os.cpu_count() or 1, "Worker processes (default: the number of CPUs).", check=_at_least(1)
+    )
+    max_queue: int = _flag(
+        100, "Jobs that may wait for a worker before new ones get 503.", check=_at_least(0)
+    )
+    processing_timeout: int = _flag(
+        60, "Seconds a job may run before its worker is killed.", check=_at_least(1)
+    )
+    worker_max_jobs: int = _flag(
+        500, "Jobs a worker runs before it is replaced; 0 for never.", check=_at_least(0)
+    )
+    http_timeout: int = _flag(5, "Seconds a whole source download may take.", check=_at_least(1))
+    max_upload_bytes: int = _flag(
+        100 * 1024 * 1024, "Largest upload body or source download.", check=_at_least(1)
+    )
+    max_source_pixels: int = _flag(
+        100_000_000, "Largest source image, in pixels (all frames); 0 for no limit.",
+        check=_at_least(0),
+    )
+    gomaxprocs: int = _flag(0, "Accepted for compatibility with the Go server; no effect.")
+    profile: bool = _flag(False, "Accepted for compatibility with the Go server; no effect.")
+    enable_statsd: bool = _flag(False, "Send statsd metrics.")
+    statsd_host: str = _flag("127.0.0.1", "statsd host.")
+    statsd_port: int = _flag(8125, "statsd port.", check=_between(1, 65535))
+    statsd_prefix: str = _flag("image_server.", "Prefix of every statsd name.")
+    require_signature: bool = _flag(False, "Require signed URLs for uploads.")
+    require_signature_for_reads: bool = _flag(False, "Require signed URLs for reads too.")
+    signing_secrets_file: str = _flag("", "File of signing secrets, one a line.")
+    signature_max_ttl: int = _flag(60, "Longest signature lifetime, in minutes.")
+    webhook_url: str = _flag("", "Webhook endpoint (enables webhooks).")
+    webhook_secret: str = _flag("", "Webhook HMAC secret.")
+    webhook_timeout: int = _flag(10, "Seconds per webhook attempt.", check=_at_least(0))
+    webhook_events: str = _flag("all", "Webhook events to send, comma separated.")
+
+    # Flags whose Go spelling uses dashes; every other flag is spelled with underscores.
+    DASHED: ClassVar[frozenset[str]] = frozenset(
+        {
+            "admin_port", "max_queue", "processing_timeout", "worker_max_jobs",
+            "max_upload_bytes", "max_source_pixels", "require_signature",
+            "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
+            "webhook_url", "webhook_secret", "webhook_timeout", "webhook_events",
+        }
+    )  # fmt: skip
+
+    @classmethod
+    def flag_name(cls, name: str) -> str:
+        return name.replace("_", "-") if name in cls.DASHED else name
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return ENV_PREFIX + name.upper()
+
+    @property
+    def effective_uploader(self) -> str:
+        """``s3`` or ``noop``: an explicit choice, else S3 when a bucket and a key are given."""
+        chosen = self.uploader.lower()
+        if chosen in ("s3", "aws"):
+            return "s3"
+        if chosen == "" and self.aws_bucket and self.aws_access_key_id:
+            return "s3"
+        return "noop"
+
+
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _convert(config_field: dataclasses.Field[Any], raw: str) -> Any:
+    """Turn a flag's text into the field's type, or raise `UsageError` naming the flag."""
+    flag = "--" + Config.flag_name(config_field.name)
+    default = config_field.default
+    try:
+        value: Any
+        if isinstance(default, bool):
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+                raise ValueError(raw)
+            value = lowered in ("1", "true", "yes", "on", "")
+        elif isinstance(default, int):
+            value = int(raw)
+        elif isinstance(default, tuple):
+            value = tuple(split_outputs(raw))
+        else:
+            value = raw
+    except ValueError:
+        kind = "true or false" if isinstance(default, bool) else "a whole number"
+        raise usage.UsageError(f"{flag}: expected {kind}, got {raw!r}") from None
+    check = config_field.metadata["check"]
+    problem = check(value) if check else None
+    if problem:
+        raise usage.UsageError(f"{flag}: {problem}, got {raw!r}")
+    return value
+
+
+class ServerOptions(usage.Options):
+    """The server's flags, as `twisted.python.usage` options built from `Config`."""
+
+    optParameters: ClassVar[list[list[Any]]] = [
+        [name, None, None, f.metadata["help"]]
+        for name, f in CONFIG_FIELDS.items()
+        if not isinstance(f.default, bool)
+    ]
+    optFlags: ClassVar[list[list[Any]]] = [
+        [name, None, f.metadata["help"]]
+        for name, f in CONFIG_FIELDS.items()
+        if isinstance(f.default, bool)
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self.given: dict[str, str] = {}
+        self.config = Config()
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Accept ``--a-b``/``--a_b`` and Go-style ``--flag=false`` before handing over to usage."""
+        import sys
+
+        args = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(self._normalise(args))
+
+    def _normalise(self, args: list[str]) -> list[str]:
+        normalised = []
+        for arg in args:
+            if not arg.startswith("--") or arg == "--":
+                normalised.append(arg)
+                continue
+            name, equals, value = arg[2:].partition("=")
+            name = name.replace("-", "_")
+            config_field = CONFIG_FIELDS.get(name)
+            if config_field is not None and isinstance(config_field.default, bool):
+                # Booleans: record the text and let postOptions convert it.
+                self.given[name] = value if equals else "true"
+                continue
+            normalised.append(f"--{name}{equals}{value}")
+        return normalised
+
+    def postOptions(self) -> None:
+        values: dict[str, Any] = {}
+        for name, config_field in CONFIG_FIELDS.items():
+            raw = self.given.get(name)
+            if raw is None and not isinstance(config_field.default, bool):
+                raw = self.opts.get(name)
+            if raw is None:
+                raw = self.environ.get(Config.env_name(name))
+            if raw is not None:
+                values[name] = _convert(config_field, raw)
+        self.config = Config(**values)

@@ -1,0 +1,47 @@
+"""Where an image's files live: the hash partition, local paths and remote keys (SPEC §1).
+
+Pure string work, shared by the web app, the store and the uploader so that every one of them
+agrees with the Go server's layout byte for byte.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from imageserver.errors import InvalidParameter
+
+NAMESPACE = re.compile(r"[a-z0-9_-]+")
+HASH = re.compile(r"[a-f0-9]{32}")
+PARTITION = re.compile(r"([a-f0-9]{3})/([a-f0-9]{3})/([a-f0-9]{3})/([a-f0-9]{23})")
+
+# The local store keeps its temporary files here, so no namespace may be called that.
+TMP_DIRECTORY = "tmp"
+
+
+def check_namespace(namespace: str) -> None:
+    """Refuse a namespace outside the route grammar, or one that would collide with ``tmp/``."""
+    if not NAMESPACE.fullmatch(namespace) or namespace == TMP_DIRECTORY:
+        raise InvalidParameter(f"invalid namespace: {namespace!r}")
+
+
+def partition(image_hash: str) -> str:
+    """``6e0072682e66287b662827da75b244a3`` → ``6e0/072/682/e66287b662827da75b244a3``."""
+    if not HASH.fullmatch(image_hash):
+        raise InvalidParameter(f"invalid image hash: {image_hash!r}")
+    return "/".join((image_hash[0:3], image_hash[3:6], image_hash[6:9], image_hash[9:]))
+
+
+def image_directory(namespace: str, image_hash: str) -> str:
+    """The relative directory holding every file of one image."""
+    return f"{namespace}/{partition(image_hash)}"
+
+
+def relative_path(namespace: str, image_hash: str, name: str) -> str:
+    return f"{image_directory(namespace, image_hash)}/{name}"
+
+
+def remote_key(remote_base_path: str, relative: str) -> str:
+    """The object key: base path and relative path joined and cleaned like Go's ``filepath.Join``."""
+    joined = posixpath.join(remote_base_path, relative) if remote_base_path else relative
+    return posixpath.normpath(joined)

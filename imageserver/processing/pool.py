@@ -1,0 +1,135 @@
+"""The worker pool: ampoule behind a small wrapper that bounds the queue and maps failures.
+
+ampoule runs the processes; this wrapper adds what the server needs around it: a bounded queue
+(``--max-queue``; beyond it `Overloaded`, a 503), a per-job timeout that kills the worker, recycling
+after ``--worker-max-jobs`` jobs, a readiness signal, and counts for the metrics.  A worker that
+dies fails only its own job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ampoule import pool as ampoule_pool
+from ampoule.main import ProcessStarter
+from twisted.application.service import Service
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+import imageserver
+from imageserver.errors import ImageServerError, Overloaded, ProcessingFailed
+from imageserver.processing import commands
+from imageserver.processing.worker import Worker
+
+log = Logger()
+
+
+def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What a worker may see: libvips settings and the import path, never the server's secrets."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(imageserver.__file__)))
+    environment = {
+        "VIPS_CONCURRENCY": "1",
+        "VIPS_BLOCK_UNTRUSTED": "1",
+        "PYTHONPATH": package_parent,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    environment.update(
+        {key: value for key, value in os.environ.items() if key.startswith("VIPS_")}
+    )
+    environment.update(extra or {})
+    return environment
+
+
+class WorkerPool(Service):
+    """``size`` pyvips workers and a queue of at most ``max_queue`` waiting jobs."""
+
+    def __init__(
+        self,
+        size: int,
+        max_queue: int,
+        timeout: float,
+        max_jobs: int,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
+        self.size = size
+        self.max_queue = max_queue
+        self.timeout = timeout
+        self.max_jobs = max_jobs
+        self.environment = worker_environment(environment)
+        self.in_flight = 0
+        self.ready = False
+        self._pool: Any = None
+
+    @property
+    def queued(self) -> int:
+        return max(0, self.in_flight - self.size)
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        super().startService()
+        starter = ProcessStarter(env=self.environment, packages=("twisted", "imageserver"))
+        self._pool = ampoule_pool.ProcessPool(
+            ampChild=Worker,
+            min=self.size,
+            max=self.size,
+            maxIdle=3600,
+            recycleAfter=self.max_jobs,
+            starter=starter,
+            timeout=self.timeout,
+        )
+        started: Deferred[Any] = self._pool.start()
+        started.addCallback(lambda _: self._warm())
+        return started
+
+    def _warm(self) -> Deferred[None]:
+        warming = [self._pool.doWork(commands.Warm) for _ in range(self.size)]
+
+        def _ready(_: object) -> None:
+            self.ready = True
+            log.info("{size} image workers ready", size=self.size)
+
+        return DeferredList(warming, consumeErrors=True).addCallback(_ready)
+
+    def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
+        super().stopService()
+        self.ready = False
+        if self._pool is None:
+            return None
+        stopping: Deferred[None] = self._pool.stop()
+        return stopping
+
+    def identify(self, path: str, max_pixels: int) -> Deferred[dict[str, Any]]:
+        return self._submit(commands.Identify, path=path, max_pixels=max_pixels)
+
+    def render(self, **arguments: Any) -> Deferred[dict[str, Any]]:
+        """Run `commands.Render` with its arguments (paths and numbers)."""
+        return self._submit(commands.Render, **arguments)
+
+    def _submit(self, command: type[amp.Command], **arguments: Any) -> Deferred[dict[str, Any]]:
+        if self._pool is None or self.in_flight >= self.size + self.max_queue:
+            raise Overloaded("the image workers are busy; retry shortly")
+        self.in_flight += 1
+        job: Deferred[dict[str, Any]] = self._pool.doWork(command, **arguments)
+
+        def _done(result: object) -> object:
+            self.in_flight -= 1
+            return result
+
+        job.addBoth(_done)
+        job.addErrback(_worker_failure)
+        return job
+
+
+def _worker_failure(reason: Failure) -> Failure:
+    """Keep our own errors; turn a dead or killed worker into a 500 for this job only."""
+    if reason.check(ImageServerError):
+        return reason
+    if reason.check(net_error.ProcessTerminated, net_error.ConnectionLost, net_error.ProcessDone):
+        error = ImageServerError("the image worker stopped during the job (crash or timeout)")
+        return Failure(error)
+    log.failure("unexpected worker failure", reason)
+    return Failure(ProcessingFailed(reason.getErrorMessage()))

@@ -1,0 +1,89 @@
+"""The main site's requests: bodies spooled to the store, and a count of requests in flight.
+
+Twisted keeps a request body in memory or an anonymous temporary file; ours goes straight into a
+`Spool` in the store's ``tmp/`` directory with its MD5 computed as it arrives, so an upload of any
+size costs the server no memory and no second pass.  The count lets a shutdown wait for in-flight
+requests.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web import server
+from twisted.web.resource import IResource
+
+from imageserver.spool import Spool
+
+
+class SpoolingRequest(server.Request):
+    """A request whose body is a `Spool`; never parsed as a form, whatever its Content-Type."""
+
+    site: ImageSite
+    _parsePOSTFormSubmission = False
+
+    def gotLength(self, length: int | None) -> None:
+        site: ImageSite = self.channel.site
+        if length == 0:
+            self.content = BytesIO()
+        else:
+            self.content = Spool(site.spool_directory, site.max_body_bytes)
+
+    def process(self) -> None:
+        site: ImageSite = self.channel.site
+        site.request_started()
+        self.notifyFinish().addBoth(lambda _: site.request_ended())
+        super().process()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._discard_body()
+        super().connectionLost(reason)
+
+    def finish(self) -> None:
+        self._discard_body()
+        super().finish()
+
+    def _discard_body(self) -> None:
+        if isinstance(self.content, Spool):
+            self.content.discard()
+
+
+class ImageSite(server.Site):
+    """A `Site` that spools bodies to ``spool_directory`` and can wait for its requests to end."""
+
+    requestFactory = SpoolingRequest
+
+    def __init__(
+        self,
+        resource: IResource,
+        spool_directory: str,
+        max_body_bytes: int,
+        reactor: IReactorTime,
+    ) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.spool_directory = spool_directory
+        self.max_body_bytes = max_body_bytes
+        self.in_flight = 0
+        self._idle: list[Deferred[None]] = []
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+
+    def request_ended(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            waiting, self._idle = self._idle, []
+            for waiter in waiting:
+                waiter.callback(None)
+
+    def wait_idle(self) -> Deferred[None]:
+        """Fire once no request is in flight."""
+        idle: Deferred[None] = Deferred()
+        if self.in_flight == 0:
+            idle.callback(None)
+        else:
+            self._idle.append(idle)
+        return idle

@@ -1,0 +1,69 @@
+"""The local store: ``local_base_path`` laid out as SPEC §1, written only by atomic renames.
+
+Temporary files (upload spools, downloads, worker output) all live in ``tmp/`` under the base, on
+the same filesystem as the images, so moving a finished file into place is one ``rename`` and a
+reader never sees half a file (DECISIONS D9).  ``tmp/`` is emptied at start-up: anything there was
+left by a crash and never answered to a client.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from imageserver import paths
+
+DIRECTORY_MODE = 0o700
+
+
+class LocalStore:
+    """Paths, existence checks and atomic writes under one base directory."""
+
+    def __init__(self, base_path: str) -> None:
+        self.base = os.path.abspath(base_path)
+        self.tmp = os.path.join(self.base, paths.TMP_DIRECTORY)
+
+    def prepare(self) -> None:
+        """Create the base and an empty ``tmp/``."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        os.makedirs(self.tmp, mode=DIRECTORY_MODE, exist_ok=True)
+
+    def path(self, relative: str) -> str:
+        """The absolute path of a relative store path (which callers build with `paths`)."""
+        return os.path.join(self.base, relative)
+
+    def exists(self, relative: str) -> bool:
+        return os.path.isfile(self.path(relative))
+
+    def temporary_path(self, suffix: str = "") -> str:
+        """A fresh name in ``tmp/`` for a file about to be written and renamed into place."""
+        fd, path = tempfile.mkstemp(dir=self.tmp, prefix="part-", suffix=suffix)
+        os.close(fd)
+        return path
+
+    def commit(self, temporary: str, relative: str) -> str:
+        """Rename a finished temporary file to its place, creating directories; return the path."""
+        destination = self.path(relative)
+        os.makedirs(os.path.dirname(destination), mode=DIRECTORY_MODE, exist_ok=True)
+        os.replace(temporary, destination)
+        return destination
+
+    def write(self, relative: str, data: bytes, mode: int = 0o644) -> str:
+        """Write a small file (``info.json``, an attachment) atomically."""
+        temporary = self.temporary_path()
+        try:
+            with open(temporary, "wb") as out:
+                out.write(data)
+            os.chmod(temporary, mode)
+            return self.commit(temporary, relative)
+        except BaseException:
+            remove_quietly(temporary)
+            raise
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

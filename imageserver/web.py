@@ -1,0 +1,153 @@
+"""The main site (SPEC §3, §4): upload, variants, batches, attachments and ``/status_check``.
+
+Handlers only translate HTTP to `Images` calls and back; every failure becomes a JSON error through
+one handler (DECISIONS D2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from werkzeug.exceptions import HTTPException
+
+from imageserver import mime, paths
+from imageserver.errors import ImageServerError, NotFound
+from imageserver.images import Images
+from imageserver.lifecycle import Lifecycle
+from imageserver.names import INFO_JSON, ORIGINAL, check_servable, split_outputs
+from imageserver.responses import CachedFile, error_body, json_body
+from imageserver.spool import Spool
+
+log = Logger()
+
+IMAGE = "/<namespace>/<p1>/<p2>/<p3>/<p4>"
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+class MainApp:
+    """Routes of the main site, bound to one `Images`."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        images: Images,
+        lifecycle: Lifecycle,
+        allowed_extensions: frozenset[str],
+        default_outputs: tuple[str, ...] = (),
+    ) -> None:
+        self.images = images
+        self.lifecycle = lifecycle
+        self.allowed_extensions = allowed_extensions
+        self.default_outputs = default_outputs
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    @app.route("/status_check", methods=ANY_METHOD)
+    def status_check(self, request: IRequest) -> bytes:
+        status, message = self.lifecycle.health()
+        return json_body(request, status, {"message": message})
+
+    @app.route("/<namespace>", methods=["POST"])
+    async def upload(self, request: IRequest, namespace: str) -> bytes:
+        metrics = self.images.metrics
+        metrics.new_image.inc()
+        with metrics.latency.labels("new_image").time():
+            try:
+                source = _argument(request, "source")
+                if source:
+                    details = await self.images.ingest_url(namespace, source)
+                else:
+                    details = await self.images.ingest_body(namespace, _body(request))
+                outputs = _outputs(request)
+                if outputs is None:
+                    outputs = list(self.default_outputs)
+                await self.images.make_outputs(namespace, details.hash, outputs)
+            except Exception:
+                metrics.new_image_failed.inc()
+                raise
+        return json_body(request, 200, details.as_dict())
+
+    @app.route(IMAGE + "/process", methods=["POST"])
+    async def process(self, request: IRequest, namespace: str, **parts: str) -> bytes:
+        image_hash = _image_hash(namespace, parts)
+        with self.images.metrics.latency.labels("resize_many").time():
+            await self.images.make_outputs(namespace, image_hash, _outputs(request) or [])
+        request.setResponseCode(200)
+        return b""
+
+    @app.route(IMAGE + "/<name>", methods=["GET", "HEAD"])
+    async def fetch(self, request: IRequest, namespace: str, name: str, **parts: str) -> IResource:
+        image_hash = _image_hash(namespace, parts)
+        with self.images.metrics.latency.labels("resize_image").time():
+            variant = self.images.parse(name)
+            check_servable(variant, self.allowed_extensions)
+            path = self.images.local_file(namespace, image_hash, name)
+            if path is None:
+                path = await self.images.variant(namespace, image_hash, variant)
+        return CachedFile(path, _content_type(name, path))
+
+    @app.route(IMAGE + "/<name>", methods=["POST"])
+    def attach(self, request: IRequest, namespace: str, name: str, **parts: str) -> bytes:
+        image_hash = _image_hash(namespace, parts)
+        with self.images.metrics.latency.labels("new_file").time():
+            self.images.store_attachment(namespace, image_hash, name, _body(request))
+        return json_body(request, 200, {})
+
+    @app.handle_errors(ImageServerError)
+    def image_server_error(self, request: IRequest, failure: Failure) -> bytes:
+        error: ImageServerError = failure.value
+        return error_body(request, error.status, error.message, error.code)
+
+    @app.handle_errors(HTTPException)
+    def routing_error(self, request: IRequest, failure: Failure) -> bytes:
+        # Like the Go server: an unknown route and a wrong method are both "404 page not found".
+        return error_body(request, 404, "404 page not found", "not_found")
+
+    @app.handle_errors(Exception)
+    def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("unexpected error answering {uri}", failure, uri=request.uri)
+        return error_body(request, 500, "internal server error", "internal_error")
+
+
+def _image_hash(namespace: str, parts: dict[str, str]) -> str:
+    partition = "/".join((parts["p1"], parts["p2"], parts["p3"], parts["p4"]))
+    if not paths.NAMESPACE.fullmatch(namespace) or not paths.PARTITION.fullmatch(partition):
+        raise NotFound("404 page not found")
+    return partition.replace("/", "")
+
+
+def _argument(request: IRequest, name: str) -> str | None:
+    values: list[bytes] | None = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _outputs(request: IRequest) -> list[str] | None:
+    """``outputs`` as names; None when the query has no ``outputs`` at all."""
+    raw = _argument(request, "outputs")
+    return None if raw is None else split_outputs(raw)
+
+
+def _body(request: Any) -> Spool:
+    content = request.content
+    if isinstance(content, Spool):
+        return content
+    # An empty body arrives as Twisted's in-memory buffer: an empty spool says the same.
+    spool = Spool(request.channel.site.spool_directory, request.channel.site.max_body_bytes)
+    spool.write(content.read())
+    return spool
+
+
+def _content_type(name: str, path: str) -> str:
+    if name == ORIGINAL:
+        with open(path, "rb") as original:
+            return mime.sniff(original.read(mime.SNIFF_BYTES))
+    if name == INFO_JSON:
+        return "application/json"
+    return mime.for_name(name)
