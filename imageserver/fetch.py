@@ -152,5 +152,5 @@ def _request_target(url: str) -> bytes:
 
 
 def _discard(reason: Failure, spool: Spool) -> Failure:
-    spool.discard()
+    spool.close()
     return reason

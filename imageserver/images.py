@@ -18,7 +18,14 @@ from imageserver.errors import BodyTooLarge, EmptyFile, InvalidParameter, NotFou
 from imageserver.fetch import SourceDownloader
 from imageserver.info import ImageDetails
 from imageserver.metrics import Metrics
-from imageserver.names import INFO_JSON, ORIGINAL, RESERVED_NAMES, Variant, parse_name
+from imageserver.names import (
+    INFO_JSON,
+    ORIGINAL,
+    RESERVED_NAMES,
+    Variant,
+    check_file_name,
+    parse_name,
+)
 from imageserver.processing.pool import WorkerPool
 from imageserver.spool import Spool
 from imageserver.store import LocalStore, remove_quietly
@@ -55,13 +62,12 @@ class Images:
 
     # Originals
 
-    async def ingest_body(self, namespace: str, spool: Spool) -> ImageDetails:
-        """Store an uploaded body as an original (the spool is the request's body)."""
+    async def ingest_body(self, namespace: str, spool: Spool | None) -> ImageDetails:
+        """Store an uploaded body (None when it was empty) as an original."""
         paths.check_namespace(namespace)
-        if spool.too_large:
-            raise BodyTooLarge(f"the body is over {spool.limit} bytes")
-        if spool.size == 0:
+        if spool is None:
             raise EmptyFile()
+        _check_size(spool)
         return await self._ingest(namespace, spool)
 
     def ingest_url(self, namespace: str, url: str) -> Deferred[ImageDetails]:
@@ -92,14 +98,20 @@ class Images:
         self.store.write(info, details.to_info_json())
         return details
 
-    def store_attachment(self, namespace: str, image_hash: str, name: str, spool: Spool) -> None:
+    def store_attachment(
+        self, namespace: str, image_hash: str, name: str, spool: Spool | None
+    ) -> None:
         """Keep a client's supporting file beside the image (SPEC §4.4); never over our own files."""
         paths.check_namespace(namespace)
+        check_file_name(name)
         if name in RESERVED_NAMES:
             raise InvalidParameter(f"an attachment cannot be named {name!r}")
-        if spool.too_large:
-            raise BodyTooLarge(f"the body is over {spool.limit} bytes")
-        self.store.commit(spool.claim(), paths.relative_path(namespace, image_hash, name))
+        relative = paths.relative_path(namespace, image_hash, name)
+        if spool is None:
+            self.store.write(relative, b"")
+            return
+        _check_size(spool)
+        self.store.commit(spool.claim(), relative)
 
     # Variants
 
@@ -172,3 +184,8 @@ class Images:
         for succeeded, result in results:
             if not succeeded:
                 result.raiseException()
+
+
+def _check_size(spool: Spool) -> None:
+    if spool.too_large:
+        raise BodyTooLarge(f"the body is over {spool.limit} bytes")

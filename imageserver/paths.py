@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from imageserver.errors import InvalidParameter
+from imageserver.errors import InvalidParameter, NotFound
 
 NAMESPACE = re.compile(r"[a-z0-9_-]+")
 HASH = re.compile(r"[a-f0-9]{32}")
@@ -20,9 +20,12 @@ TMP_DIRECTORY = "tmp"
 
 
 def check_namespace(namespace: str) -> None:
-    """Refuse a namespace outside the route grammar, or one that would collide with ``tmp/``."""
-    if not NAMESPACE.fullmatch(namespace) or namespace == TMP_DIRECTORY:
-        raise InvalidParameter(f"invalid namespace: {namespace!r}")
+    """Refuse a namespace outside the route grammar (as the Go router does, with "no such route"),
+    or one that would collide with the store's ``tmp/``."""
+    if not NAMESPACE.fullmatch(namespace):
+        raise NotFound("404 page not found")
+    if namespace == TMP_DIRECTORY:
+        raise InvalidParameter(f"invalid namespace: {namespace!r} is reserved")
 
 
 def partition(image_hash: str) -> str:

@@ -41,6 +41,7 @@ class CachedFile(static.File):
     def __init__(self, path: str, content_type: str) -> None:
         super().__init__(path, defaultType=content_type)
         self.type = content_type
+        self.encoding = None
 
     def render_GET(self, request: Request) -> bytes | int:  # type: ignore[override]
         stat = os.stat(self.path)

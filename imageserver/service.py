@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import treq
+from treq.client import HTTPClient
 from twisted.application import internet, service
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
@@ -46,7 +46,7 @@ class ImageServer(service.MultiService):
         self.metrics.watch_pool(self.pool)
         self.lifecycle = Lifecycle(lambda: self.pool.ready)
         self.http_pool = HTTPConnectionPool(reactor)
-        http = treq.HTTPClient(RedirectAgent(Agent(reactor, pool=self.http_pool), MAX_REDIRECTS))
+        http = HTTPClient(RedirectAgent(Agent(reactor, pool=self.http_pool), MAX_REDIRECTS))
         downloader = SourceDownloader(
             http, reactor, self.store.tmp, config.http_timeout, config.max_upload_bytes
         )

@@ -9,8 +9,6 @@ requests.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any
-
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
@@ -38,17 +36,6 @@ class SpoolingRequest(server.Request):
         self.notifyFinish().addBoth(lambda _: site.request_ended())
         super().process()
 
-    def connectionLost(self, reason: Any) -> None:
-        self._discard_body()
-        super().connectionLost(reason)
-
-    def finish(self) -> None:
-        self._discard_body()
-        super().finish()
-
-    def _discard_body(self) -> None:
-        if isinstance(self.content, Spool):
-            self.content.discard()
 
 
 class ImageSite(server.Site):

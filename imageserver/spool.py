@@ -57,8 +57,12 @@ class Spool:
         self._claimed = True
         return self.path
 
-    def discard(self) -> None:
-        """Delete the file unless it was claimed; safe to call more than once."""
+    def close(self) -> None:
+        """Delete the file unless it was claimed; safe to call more than once.
+
+        Twisted closes a request's content when the request ends or its connection is lost, so an
+        unclaimed upload body never outlives its request.
+        """
         self._file.close()
         if not self._claimed:
             self._claimed = True

@@ -7,6 +7,7 @@ one handler (DECISIONS D2).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 from klein import Klein
 from twisted.logger import Logger
@@ -124,8 +125,10 @@ def _image_hash(namespace: str, parts: dict[str, str]) -> str:
 
 
 def _argument(request: IRequest, name: str) -> str | None:
-    values: list[bytes] | None = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
+    """A query argument, None when absent, '' for a bare key (which Twisted's parser drops)."""
+    _, _, query = request.uri.decode("utf-8", "replace").partition("?")
+    values = parse_qs(query, keep_blank_values=True).get(name)
+    return values[0] if values else None
 
 
 def _outputs(request: IRequest) -> list[str] | None:
@@ -134,14 +137,10 @@ def _outputs(request: IRequest) -> list[str] | None:
     return None if raw is None else split_outputs(raw)
 
 
-def _body(request: Any) -> Spool:
+def _body(request: Any) -> Spool | None:
+    """The spooled body, or None for an empty one (which Twisted keeps in memory)."""
     content = request.content
-    if isinstance(content, Spool):
-        return content
-    # An empty body arrives as Twisted's in-memory buffer: an empty spool says the same.
-    spool = Spool(request.channel.site.spool_directory, request.channel.site.max_body_bytes)
-    spool.write(content.read())
-    return spool
+    return content if isinstance(content, Spool) else None
 
 
 def _content_type(name: str, path: str) -> str:

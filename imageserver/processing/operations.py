@@ -1,0 +1,381 @@
+"""The image operations a worker subprocess runs: read a header, render a variant (DECISIONS D4-D6).
+
+Pure functions of files: a path in, a path out, no Twisted.  libvips does the work with
+shrink-on-load (`thumbnail_source`), EXIF auto-orientation, conversion to sRGB and no metadata in
+the output.  HEVC-coded HEIC/HEIF is decoded with pi-heif, because the libvips in pyvips-binary can
+read a HEIF header but has no HEVC decoder.
+
+Hostile input is kept out three ways: the pixel count is checked from the header before anything is
+decoded; every libvips loader except the whitelisted ones is blocked for the whole process; and the
+loader that read a header is checked again against the whitelist.  Only `imageserver.errors`
+exceptions leave this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+
+import pi_heif
+import pyvips
+
+from imageserver import errors
+
+# Frames read from an animated source; later ones are dropped.  The frames read count towards the
+# pixel limit.
+MAX_FRAMES = 1000
+
+# The loader that read a header (nickname, without its _file/_source suffix) -> content type.
+# uhdrload is libvips 8.18's reader for UltraHDR JPEGs (JPEG plus gain map): a plain JPEG to us.
+_CONTENT_TYPES: dict[str, str] = {
+    "jpegload": "image/jpeg",
+    "uhdrload": "image/jpeg",
+    "pngload": "image/png",
+    "gifload": "image/gif",
+    "webpload": "image/webp",
+    "tiffload": "image/tiff",
+    "heifload": "image/heif",
+}
+# Their libvips classes: blocking a class blocks its file, buffer and source loaders together.
+_ALLOWED_LOADER_CLASSES = (
+    "VipsForeignLoadJpeg",
+    "VipsForeignLoadUhdr",
+    "VipsForeignLoadPng",
+    "VipsForeignLoadNsgif",
+    "VipsForeignLoadWebp",
+    "VipsForeignLoadTiff",
+    "VipsForeignLoadHeif",
+)
+_ANIMATED_LOADERS = frozenset({"gifload", "webpload"})
+_ANIMATED_OUTPUTS = frozenset({"gif", "webp"})
+
+# Quality 0 (custom names) means the encoder default: SPEC §15 item 27 for JPEG and WebP, libheif's
+# own default for AVIF and HEIC.
+_DEFAULT_QUALITY = {"jpeg": 92, "webp": 75, "avif": 50, "heic": 50}
+
+# pi-heif modes we accept (8 bits, because we ask for HDR to be converted) -> bands.  A lower-case
+# "a" is premultiplied alpha.
+_HEIF_BANDS = {"L": 1, "LA": 2, "La": 2, "RGB": 3, "RGBA": 4, "RGBa": 4}
+# What pi-heif and pillow-heif raise for bad data or a failed encode.
+_HEIF_ERRORS = (ValueError, EOFError, SyntaxError, RuntimeError, OSError)
+
+_HEIC_EXTRA = "install the 'heic' extra (pip install 'imageserver[heic]') to write HEIC"
+
+
+def _lock_down_libvips() -> None:
+    """Process-wide libvips settings for untrusted input.
+
+    No operation cache (a worker renders each source once, and the cache would hold decoded
+    images).  `block_untrusted_set` covers the loaders libvips itself flags as unsafe (SVG, PDF,
+    ImageMagick...); blocking every loader and re-allowing the whitelist also shuts out the
+    "trusted" ones we never want to sniff an upload (matrix, CSV, raw, vips...).
+    """
+    pyvips.cache_set_max(0)
+    pyvips.block_untrusted_set(True)
+    pyvips.operation_block_set("VipsForeignLoad", True)
+    for name in _ALLOWED_LOADER_CLASSES:
+        if pyvips.type_from_name(name):  # uhdrload only exists in newer builds
+            pyvips.operation_block_set(name, False)
+
+
+_lock_down_libvips()
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What a source's header says, sizes upright (after EXIF orientation)."""
+
+    content_type: str
+    width: int
+    height: int  # of one frame
+    frames: int  # frames we would read for an animated output, at most MAX_FRAMES
+    has_icc: bool  # an embedded profile, so converting to sRGB needs a colour transform
+    hevc: bool  # HEIF coded with HEVC: libvips cannot decode the pixels, pi-heif can
+
+
+def identify(path: str, max_pixels: int = 100_000_000) -> tuple[int, int, str]:
+    """(width, height, content_type) of an image, from its header only (no pixel is decoded).
+
+    The size is upright: swapped for EXIF orientations 5-8, the way every variant is drawn.  Raises
+    `UnreadableImage` for anything that is not a whitelisted format and `ImageTooLarge` when
+    width x height x frames is over `max_pixels` (0: no limit).
+    """
+    header = _read_header(path)
+    _check_pixels(header.width, header.height, header.frames, max_pixels)
+    return header.width, header.height, header.content_type
+
+
+def render(
+    source: str,
+    destination: str,
+    width: int,
+    height: int,
+    quality: int,
+    output_format: str,
+    max_pixels: int = 100_000_000,
+) -> tuple[int, int]:
+    """Write a variant of `source` to exactly `destination` and return its (frame) size.
+
+    `width` and `height` both set: cover that box and crop the centre.  Only `width`: that width,
+    height in proportion.  Neither: the source's size.  Sizes may enlarge.  `quality` 0 is the
+    encoder's default.  Animated GIF/WebP stay animated when `output_format` is gif or webp.
+    On any failure `destination` does not exist afterwards.
+    """
+    save = _saver(output_format)  # refuse an unwritable format before decoding anything
+    header = _read_header(source)
+    frames = header.frames if output_format in _ANIMATED_OUTPUTS else 1
+    _check_pixels(header.width, header.height, frames, max_pixels)
+    out_width, out_height = _output_size(header.width, header.height, width, height)
+    scaled_width, scaled_height = _cover_size(header.width, header.height, out_width, out_height)
+    try:
+        with _vips_errors_as(errors.ProcessingFailed, source, destination):
+            if header.hevc:
+                image = _decode_hevc(source, scaled_width, scaled_height)
+            else:
+                image = _thumbnail(source, scaled_width, scaled_height, frames, header.has_icc)
+            image = _crop_centre(image, out_width, out_height, frames)
+            save(image, destination, quality or _DEFAULT_QUALITY.get(output_format, 0))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(destination)
+        raise
+    return image.width, image.height // frames
+
+
+def _read_header(path: str) -> _Header:
+    """Open `path` with the loader libvips sniffs (whitelisted ones only) and read its header."""
+    with _vips_errors_as(errors.UnreadableImage, path):
+        image = pyvips.Image.new_from_source(pyvips.Source.new_from_file(path), "")
+        loader = image.get("vips-loader").removesuffix("_source")
+        content_type = _CONTENT_TYPES.get(loader)
+        if content_type is None:
+            raise errors.UnreadableImage(f"{loader} is not an allowed image loader")
+        hevc = False
+        if loader == "heifload":
+            compression = image.get("heif-compression")
+            content_type = "image/avif" if compression == "av1" else content_type
+            hevc = compression == "hevc"
+        frames = 1
+        if loader in _ANIMATED_LOADERS and image.get_typeof("n-pages"):
+            frames = max(1, min(image.get("n-pages"), MAX_FRAMES))
+        width, height = image.width, image.height
+        if image.get_typeof("orientation") and image.get("orientation") in (5, 6, 7, 8):
+            width, height = height, width
+        return _Header(
+            content_type=content_type,
+            width=width,
+            height=height,
+            frames=frames,
+            has_icc=bool(image.get_typeof("icc-profile-data")),
+            hevc=hevc,
+        )
+
+
+def _check_pixels(width: int, height: int, frames: int, max_pixels: int) -> None:
+    if max_pixels and width * height * frames > max_pixels:
+        shape = f"{width}x{height}" + (f"x{frames} frames" if frames > 1 else "")
+        raise errors.ImageTooLarge(
+            f"image is {shape} = {width * height * frames} pixels, over the limit of {max_pixels}"
+        )
+
+
+def _output_size(source_width: int, source_height: int, width: int, height: int) -> tuple[int, int]:
+    """The variant's size: the box, `width` with the height in proportion, or the source's size."""
+    if width > 0 and height > 0:
+        return width, height
+    if width > 0:
+        return width, max(1, _round_ratio(source_height * width, source_width))
+    return source_width, source_height
+
+
+def _cover_size(source_width: int, source_height: int, width: int, height: int) -> tuple[int, int]:
+    """The smallest scaled source size that covers width x height (SPEC §6.2: the larger ratio)."""
+    if width * source_height >= height * source_width:
+        return width, max(height, _round_ratio(source_height * width, source_width))
+    return max(width, _round_ratio(source_width * height, source_height)), height
+
+
+def _round_ratio(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded half up, in integers so 600*200/800 is exactly 150."""
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def _thumbnail(path: str, width: int, height: int, frames: int, has_icc: bool) -> pyvips.Image:
+    """Decode `path` straight to width x height per frame, shrinking on load where the codec can.
+
+    Loader options go in `option_string`: libvips 8.18's `thumbnail_source` silently ignores its
+    own `fail_on` argument (and `thumbnail` ignores a `[...]` suffix on a file name, which would
+    also misparse paths ending in `]`).  `fail_on=error` makes a truncated file fail instead of
+    rendering grey; `n` reads the frames of an animation.  Access is sequential.
+    sRGB: libvips converts CMYK by itself; an embedded profile (Display P3...) needs
+    `export_profile`, which we skip otherwise because it costs a colour transform per pixel.
+    """
+    options = {"export_profile": "srgb"} if has_icc else {}
+    return pyvips.Image.thumbnail_source(
+        pyvips.Source.new_from_file(path),
+        width,
+        height=height,
+        size="force",
+        no_rotate=False,
+        option_string="fail_on=error" + (f",n={frames}" if frames > 1 else ""),
+        **options,
+    )
+
+
+def _decode_hevc(path: str, width: int, height: int) -> pyvips.Image:
+    """Decode an HEVC HEIC with pi-heif and scale it to width x height.
+
+    libheif has already applied the container's rotation and mirroring (irot/imir), so nothing is
+    rotated again; the memory image carries no EXIF.  No shrink-on-load is possible here.
+
+    pi-heif's `data` is a memoryview that does not keep its buffer alive (its `obj` is None): the
+    scaled image is computed into memory while `heif` is still referenced, or libvips would read
+    freed memory once this function returned (a segfault, seen with pi-heif 1.4).
+    """
+    try:
+        heif = pi_heif.open_heif(path, convert_hdr_to_8bit=True)
+        mode, (source_width, source_height) = heif.mode, heif.size
+        pixels, stride = heif.data, heif.stride
+        icc = heif.info.get("icc_profile")
+    except _HEIF_ERRORS as error:
+        raise errors.ProcessingFailed(f"HEIF decoding failed: {error}") from error
+    bands = _HEIF_BANDS.get(mode)
+    if bands is None:
+        raise errors.ProcessingFailed(f"HEIF pixel mode {mode} is not supported")
+    row = source_width * bands
+    if stride != row:  # libheif pads rows; libvips wants them packed
+        pixels = b"".join(pixels[y * stride : y * stride + row] for y in range(source_height))
+    image = pyvips.Image.new_from_memory(pixels, source_width, source_height, bands, "uchar")
+    if mode.endswith("a"):
+        image = image.unpremultiply().cast("uchar")
+    options: dict[str, str] = {}
+    if icc:
+        image = image.copy()
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", icc)
+        options["export_profile"] = "srgb"
+    # Computed now, while `heif` (the owner of `pixels`) is alive: see the docstring.
+    return image.thumbnail_image(width, height=height, size="force", **options).copy_memory()
+
+
+def _crop_centre(image: pyvips.Image, width: int, height: int, frames: int) -> pyvips.Image:
+    """Cut width x height from the middle of every frame (offsets: integer half the difference).
+
+    Done here rather than with `thumbnail(crop="centre")`, which handles only the first frame of
+    an animation.
+    """
+    page_height = image.height // frames
+    if (image.width, page_height) == (width, height):
+        return image
+    left, top = (image.width - width) // 2, (page_height - height) // 2
+    if frames == 1:
+        return image.crop(left, top, width, height)
+    pages = [image.crop(left, page * page_height + top, width, height) for page in range(frames)]
+    joined = pyvips.Image.arrayjoin(pages, across=1).copy()
+    joined.set_type(pyvips.GValue.gint_type, "page-height", height)
+    return joined
+
+
+# Encoder settings favour speed over the last few percent of size (we are benchmarked against
+# thumbor and every variant is made on a request's critical path):
+# - JPEG: baseline with optimised Huffman tables (a few % smaller for little time); no progressive
+#   or trellis quantisation (2-10x slower).  Chroma 4:2:0 below quality 90, as ImageMagick does.
+# - PNG: zlib level 3 with adaptive filtering: almost level 6's size, clearly faster.
+# - WebP: effort 2 of 0-6, about twice as fast as the default 4 for ~5% more bytes.
+# - AVIF: effort 2 of 0-9 (aom speed 7); the default 4 is 5-6x slower for ~3% fewer bytes.
+# - GIF: quantisation effort 1 of 1-10, several times faster than the default 7.
+# keep="none" drops EXIF, XMP, IPTC and ICC (pixels are already sRGB).
+_Saver = Callable[[pyvips.Image, str, int], None]
+
+
+def _save_jpeg(image: pyvips.Image, path: str, quality: int) -> None:
+    if image.hasalpha():
+        image = image.flatten(background=255)
+    image.jpegsave(path, Q=quality, optimize_coding=True, keep="none")
+
+
+def _save_png(image: pyvips.Image, path: str, quality: int) -> None:
+    image.pngsave(path, compression=3, filter="all", keep="none")
+
+
+def _save_webp(image: pyvips.Image, path: str, quality: int) -> None:
+    image.webpsave(path, Q=quality, effort=2, keep="none")
+
+
+def _save_gif(image: pyvips.Image, path: str, quality: int) -> None:
+    image.gifsave(path, effort=1, keep="none")
+
+
+def _save_avif(image: pyvips.Image, path: str, quality: int) -> None:
+    image.heifsave(path, compression="av1", Q=quality, effort=2, keep="none")
+
+
+def _save_heic(image: pyvips.Image, path: str, quality: int) -> None:
+    """HEVC through pillow-heif (the optional extra): pyvips-binary has no HEVC encoder."""
+    if image.bands < 3:
+        image = image.colourspace("srgb")
+    pixels = image.write_to_memory()
+    try:
+        heif = _pillow_heif().from_bytes(
+            mode="RGBA" if image.bands == 4 else "RGB",
+            size=(image.width, image.height),
+            data=pixels,
+        )
+        heif.save(path, quality=quality)
+    except _HEIF_ERRORS as error:
+        raise errors.ProcessingFailed(f"HEIC encoding failed: {error}") from error
+
+
+_SAVERS: dict[str, _Saver] = {
+    "jpeg": _save_jpeg,
+    "png": _save_png,
+    "webp": _save_webp,
+    "gif": _save_gif,
+    "avif": _save_avif,
+    "heic": _save_heic,
+}
+
+
+def _saver(output_format: str) -> _Saver:
+    save = _SAVERS.get(output_format)
+    if save is None:
+        raise errors.UnsupportedFormat(f"cannot write {output_format!r} images")
+    if output_format == "heic":
+        _pillow_heif()
+    return save
+
+
+def _pillow_heif() -> ModuleType:
+    try:
+        return importlib.import_module("pillow_heif")
+    except ImportError as error:
+        raise errors.UnsupportedFormat(f"this server cannot write HEIC: {_HEIC_EXTRA}") from error
+
+
+@contextlib.contextmanager
+def _vips_errors_as(kind: Callable[[str], errors.ImageServerError], *paths: str) -> Iterator[None]:
+    """Turn a libvips error into `kind`, with libvips's own words as the detail."""
+    try:
+        yield
+    except pyvips.Error as error:
+        raise kind(_describe(error, paths)) from error
+
+
+def _describe(error: pyvips.Error, paths: tuple[str, ...]) -> str:
+    """A short, client-safe summary of a libvips error.
+
+    libvips repeats lines (one per failed scanline or seek) and names files by their full path;
+    clients get each line once, at most the first and the last (the cause and the outcome), and
+    only the files' base names.
+    """
+    text = error.detail or ""
+    for path in paths:
+        text = text.replace(path, os.path.basename(path))
+    # An indented line continues the message above it.
+    messages = (" ".join(message.split()) for message in re.split(r"\n(?=\S)", text))
+    lines = list(dict.fromkeys(message for message in messages if message))
+    return "; ".join(lines[:1] + lines[-1:] if len(lines) > 2 else lines) or str(error.message)

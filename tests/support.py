@@ -1,0 +1,176 @@
+"""What the end-to-end tests share: a real server on 127.0.0.1 with real workers, a real HTTP
+source server, and an HTTP client that leaves no connection behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import shutil
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial import unittest
+from twisted.web import resource, server
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from imageserver.options import Config
+from imageserver.service import ImageServer
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+WINE_HASH = "6e0072682e66287b662827da75b244a3"
+WINE_DIR = "6e0/072/682/e66287b662827da75b244a3"
+
+
+def fixture(name: str) -> bytes:
+    with open(os.path.join(FIXTURES, name), "rb") as f:
+        return f.read()
+
+
+def client() -> HTTPClient:
+    """treq without persistent connections, so no test leaves a socket open."""
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+@dataclasses.dataclass
+class Response:
+    code: int
+    headers: Any
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+async def request(method: str, url: str, **kwargs: Any) -> Response:
+    response = await client().request(method, url, **kwargs)
+    body = await treq.content(response)
+    return Response(response.code, response.headers, body)
+
+
+def image_size(body: bytes) -> tuple[int, int, str]:
+    """Decode an output: its size and Pillow's format name."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(body)) as image:
+        return image.width, image.height, image.format or ""
+
+
+class ServerTestCase(unittest.TestCase):
+    """Starts an `ImageServer` on ephemeral ports in a fresh store for each test."""
+
+    # One worker keeps start-up fast; tests of parallel work raise it.
+    config_overrides: dict[str, Any] = {}
+
+    async def start_server(self, **overrides: Any) -> ImageServer:
+        base = self.mktemp()
+        os.makedirs(base)
+        values: dict[str, Any] = {
+            "port": 0,
+            "admin_port": 0,
+            "local_base_path": base,
+            "processor_concurrency": 1,
+        }
+        values.update(self.config_overrides)
+        values.update(overrides)
+        self.server = ImageServer(Config(**values), reactor)
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+        await self.wait_ready()
+        self.base_path = base
+        self.url = f"http://127.0.0.1:{self.server.main_port._port.getHost().port}"
+        self.admin_url = f"http://127.0.0.1:{self.server.admin_port._port.getHost().port}"
+        return self.server
+
+    async def wait_ready(self) -> None:
+        for _ in range(600):
+            if self.server.pool.ready:
+                return
+            await sleep(0.05)
+        self.fail("the worker pool did not start")
+
+    def local(self, *parts: str) -> str:
+        return os.path.join(self.base_path, *parts)
+
+    async def upload(self, body: bytes, namespace: str = "p", query: str = "") -> Response:
+        """Upload as the Ruby client does: raw bytes with ``Content-Type: application/json``."""
+        return await request(
+            "POST",
+            f"{self.url}/{namespace}{query}",
+            data=body,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+
+    async def upload_wine(self, namespace: str = "p") -> None:
+        response = await self.upload(fixture("wine.jpg"), namespace)
+        self.assertEqual(response.code, 200, response.body)
+
+    async def assert_still_serving(self) -> None:
+        """A small upload still works (small enough for the tests' lowered body limits)."""
+        response = await self.upload(fixture("test-hevc-alpha.heic"))
+        self.assertEqual(response.code, 200, response.body)
+
+    def assert_error(self, response: Response, status: int, prefix: str) -> None:
+        """A JSON error with ``status`` whose message starts with ``prefix``."""
+        self.assertEqual(response.code, status, response.body)
+        self.assertTrue(response.header("Content-Type").startswith("application/json"))
+        message = response.json()["error"]
+        self.assertTrue(message.startswith(prefix), f"{message!r} does not start with {prefix!r}")
+
+    def assert_no_partial_files(self) -> None:
+        """Nothing half-written anywhere: ``tmp/`` is empty once requests are answered."""
+        tmp = self.local("tmp")
+        self.assertEqual(os.listdir(tmp) if os.path.isdir(tmp) else [], [])
+
+    def store_files(self) -> list[str]:
+        found = []
+        for directory, _, files in os.walk(self.base_path):
+            relative = os.path.relpath(directory, self.base_path)
+            if relative.split(os.sep)[0] == "tmp":
+                continue
+            found.extend(os.path.join(relative, name) for name in files)
+        return sorted(found)
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class SourceServer(resource.Resource):
+    """A real HTTP server on 127.0.0.1 serving ``{path: (status, body)}`` and recording requests."""
+
+    isLeaf = True
+
+    def __init__(self, testcase: unittest.TestCase) -> None:
+        super().__init__()
+        self.routes: dict[bytes, tuple[int, bytes]] = {}
+        self.requests: list[server.Request] = []
+        port = reactor.listenTCP(0, server.Site(self), interface="127.0.0.1")
+        testcase.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+
+    def serve(self, path: str, body: bytes, status: int = 200) -> str:
+        self.routes[path.encode()] = (status, body)
+        return self.base + path
+
+    def render_GET(self, request: server.Request) -> bytes:
+        self.requests.append(request)
+        status, body = self.routes.get(request.path, (404, b"not here"))
+        request.setResponseCode(status)
+        return body
+
+
+def copy_fixture(name: str, destination: str) -> str:
+    shutil.copy(os.path.join(FIXTURES, name), destination)
+    return destination

@@ -1,0 +1,110 @@
+"""Flags, environment fallbacks, validation and the subcommand split."""
+
+from __future__ import annotations
+
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.cli import split_command, version_text
+from imageserver.info import ImageDetails
+from imageserver.options import CONFIG_FIELDS, Config, ServerOptions
+
+
+def parse(args: list[str], environ: dict[str, str] | None = None) -> Config:
+    options = ServerOptions(environ or {})
+    options.parseOptions(args)
+    return options.config
+
+
+class OptionTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        config = parse([])
+        self.assertEqual((config.port, config.listen, config.admin_port), (7000, "127.0.0.1", 7002))
+        self.assertEqual(config.extensions, ("jpg", "jpeg", "png", "gif", "webp", "avif", "heic"))
+        self.assertEqual((config.maximum_width, config.default_quality), (1000, 75))
+        self.assertEqual(config.effective_uploader, "noop")
+
+    def test_both_spellings(self) -> None:
+        config = parse(["--local-base-path", "a", "--max_upload_bytes=5", "--admin_port", "9"])
+        self.assertEqual((config.local_base_path, config.max_upload_bytes), ("a", 5))
+        self.assertEqual(config.admin_port, 9)
+
+    def test_go_style_booleans(self) -> None:
+        self.assertTrue(parse(["--enable_statsd"]).enable_statsd)
+        self.assertFalse(parse(["--enable_statsd=false"]).enable_statsd)
+        self.assertFalse(
+            parse(["--enable_statsd=false"], {"IMAGE_SERVER_ENABLE_STATSD": "true"}).enable_statsd
+        )
+
+    def test_environment_fallback(self) -> None:
+        environ = {"IMAGE_SERVER_PORT": "7100", "IMAGE_SERVER_EXTENSIONS": "jpg,png"}
+        config = parse([], environ)
+        self.assertEqual((config.port, config.extensions), (7100, ("jpg", "png")))
+        self.assertEqual(parse(["--port", "7200"], environ).port, 7200)
+        self.assertEqual(parse(["--extensions="], environ).extensions, ())
+
+    def test_bad_values_name_the_flag(self) -> None:
+        cases = {
+            ("--port", "abc"): "--port: expected a whole number, got 'abc'",
+            ("--port", "70000"): "--port: must be between 0 and 65535, got '70000'",
+            ("--default_quality", "0"): "--default_quality: must be between 1 and 100",
+            ("--enable_statsd=maybe",): "--enable_statsd: expected true or false",
+            ("--processor_concurrency", "0"): "--processor_concurrency: must be at least 1",
+        }
+        for args, message in cases.items():
+            error = self.assertRaises(UsageError, parse, list(args))
+            self.assertTrue(str(error).startswith(message), str(error))
+        error = self.assertRaises(UsageError, parse, [], {"IMAGE_SERVER_PORT": "x"})
+        self.assertIn("--port", str(error))
+
+    def test_every_go_flag_is_accepted(self) -> None:
+        """SPEC §11.5, Manta aside."""
+        go_flags = """port listen local_base_path extensions remote_base_url remote_base_path
+        uploader max_file_age aws_access_key_id aws_secret_key aws_bucket aws_region maximum_width
+        default_quality outputs namespace uploader_concurrency processor_concurrency http_timeout
+        gomaxprocs enable_statsd statsd_host statsd_port statsd_prefix profile require-signature
+        require-signature-for-reads signing-secrets-file signature-max-ttl webhook-url
+        webhook-secret webhook-timeout webhook-events""".split()
+        for flag in go_flags:
+            self.assertIn(flag.replace("-", "_"), CONFIG_FIELDS)
+            self.assertEqual(Config.flag_name(flag.replace("-", "_")), flag)
+
+    def test_uploader_choice(self) -> None:
+        self.assertEqual(parse(["--uploader", "AWS"]).effective_uploader, "s3")
+        self.assertEqual(
+            parse(["--aws_bucket", "b", "--aws_access_key_id", "k"]).effective_uploader, "s3"
+        )
+        self.assertEqual(
+            parse(["--uploader", "noop", "--aws_bucket", "b", "--aws_access_key_id", "k"])
+            .effective_uploader,
+            "noop",
+        )
+
+
+class CommandLineTests(SynchronousTestCase):
+    def test_flags_on_either_side(self) -> None:
+        self.assertEqual(
+            split_command(["--port=7000", "--outputs", "", "server", "--listen", "0.0.0.0"]),
+            ("server", ["--port=7000", "--outputs", "", "--listen", "0.0.0.0"]),
+        )
+        self.assertEqual(split_command(["--namespace", "server", "version"]),
+                         ("version", ["--namespace", "server"]))
+        self.assertEqual(split_command(["--enable_statsd", "server"]), ("server", ["--enable_statsd"]))
+        self.assertEqual(split_command([]), (None, []))
+
+    def test_version(self) -> None:
+        self.assertEqual(
+            version_text(),
+            "images version [0.1.0]\ngit hash [GitHash is not defined]\n"
+            "build timestamp [BuildTimestamp is not defined]\n",
+        )
+
+
+class InfoTests(SynchronousTestCase):
+    def test_go_vector(self) -> None:
+        details = ImageDetails("THISISAHASH", 10, 20, "image/jpeg")
+        self.assertEqual(
+            details.to_info_json(),
+            b'{"hash":"THISISAHASH","height":10,"width":20,"content_type":"image/jpeg"}',
+        )
+        self.assertEqual(ImageDetails.from_info_json(details.to_info_json()), details)
