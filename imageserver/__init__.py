@@ -1,4 +1,4 @@
-"""A self-hosted image server: uploads by content hash, variants on demand, on Twisted and libvips."""
+"""A self-hosted image server: uploads by content hash, variants on demand, Twisted and libvips."""
 
 __version__ = "0.1.0"
 

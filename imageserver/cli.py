@@ -83,7 +83,7 @@ def run_server(options: ServerOptions) -> int:
     server = ImageServer(options.config, reactor)
     try:
         server.startService()
-    except Exception as error:  # noqa: BLE001 - one line, not a traceback, for a failed start
+    except Exception as error:
         print(f"image-server: cannot start: {error}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)

@@ -101,7 +101,7 @@ class Images:
     def store_attachment(
         self, namespace: str, image_hash: str, name: str, spool: Spool | None
     ) -> None:
-        """Keep a client's supporting file beside the image (SPEC §4.4); never over our own files."""
+        """Keep a client's file beside the image (SPEC §4.4), never over our own files."""
         paths.check_namespace(namespace)
         check_file_name(name)
         if name in RESERVED_NAMES:

@@ -1,8 +1,8 @@
 """Image details: what an upload answers and what ``info.json`` stores (SPEC §7.2).
 
-The two encodings differ on purpose: ``info.json`` is compact with no trailing newline, byte for byte
-what the Go server writes, so buckets are interchangeable; the upload response is pretty-printed like
-every other JSON body.
+The two encodings differ on purpose: ``info.json`` is compact with no trailing newline, byte for
+byte what the Go server writes, so buckets are interchangeable; the upload response is
+pretty-printed like every other JSON body.
 """
 
 from __future__ import annotations

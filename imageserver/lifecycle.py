@@ -1,4 +1,4 @@
-"""Whether the server is starting, serving or stopping: what the probes and ``/status_check`` say."""
+"""Starting, serving or stopping: what the probes and ``/status_check`` say."""
 
 from __future__ import annotations
 

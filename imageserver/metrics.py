@@ -8,6 +8,7 @@ qualities, never hashes or URLs.
 from __future__ import annotations
 
 import platform
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -81,12 +82,17 @@ class Metrics:
         self.registry.register(_PoolCollector(pool))
 
 
-class PoolState:
-    """What `_PoolCollector` reads from the pool; `WorkerPool` has these attributes."""
+class PoolState(Protocol):
+    """What `_PoolCollector` reads from the worker pool."""
 
-    size: int
-    in_flight: int
-    queued: int
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
 
 
 class _PoolCollector(Collector):

@@ -1,8 +1,8 @@
 """The variant file-name grammar (SPEC §5, DECISIONS D3): a file name in, a `Variant` out.
 
 Pure: no I/O, so every rule here is property-tested.  The Go server never rejects a name; we reject
-the ones that cannot mean anything (zero sizes, qualities outside 1-100, sizes over the maximum) with a
-400 instead of quietly producing a full-size image.
+the ones that cannot mean anything (zero sizes, qualities outside 1-100, sizes over the maximum)
+with a 400 instead of quietly producing a full-size image.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ _UNSAFE = re.compile(r"[/\\\x00]")
 class Variant:
     """What a name asks for.
 
-    ``width`` and ``height`` both set: cover the box and crop the centre.  Only ``width``: that width,
-    height in proportion.  Neither: the source's size.  ``quality`` 0 means the encoder's default
-    (custom names).  ``extension`` is the name's extension as written, '' when it has none.
+    ``width`` and ``height`` both set: cover the box and crop the centre.  Only ``width``: that
+    width, height in proportion.  Neither: the source's size.  ``quality`` 0 means the encoder's
+    default (custom names).  ``extension`` is the name's extension as written, '' when it has none.
     """
 
     name: str
@@ -72,8 +72,8 @@ def check_file_name(name: str) -> None:
 def parse_name(name: str, default_quality: int = 75, maximum_width: int = 1000) -> Variant:
     """Parse a variant name, raising `InvalidParameter` for values that cannot be served.
 
-    The forms are tried in the Go server's order; anything else is a custom name (an attachment, or a
-    full-size conversion when it has a writable extension).
+    The forms are tried in the Go server's order; anything else is a custom name (an attachment,
+    or a full-size conversion when it has a writable extension).
     """
     check_file_name(name)
     if match := _RECTANGLE.fullmatch(name):
@@ -115,7 +115,7 @@ def check_servable(variant: Variant, allowed_extensions: frozenset[str]) -> None
 
 
 def split_outputs(raw: str) -> list[str]:
-    """``outputs=a,b`` as a list: empty items dropped, spaces trimmed, order kept, duplicates once."""
+    """``outputs=a,b`` as a list: blanks dropped, spaces trimmed, order kept, duplicates once."""
     names = (item.strip() for item in raw.split(","))
     return list(dict.fromkeys(name for name in names if name))
 

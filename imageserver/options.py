@@ -41,7 +41,9 @@ def _between(low: int, high: int) -> Callable[[int], str | None]:
 
 
 def _one_of(*choices: str) -> Callable[[str], str | None]:
-    return lambda value: None if value.lower() in choices else f"must be one of {', '.join(choices)}"
+    return lambda value: (
+        None if value.lower() in choices else f"must be one of {', '.join(choices)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ class Config:
         100 * 1024 * 1024, "Largest upload body or source download.", check=_at_least(1)
     )
     max_source_pixels: int = _flag(
-        100_000_000, "Largest source image, in pixels (all frames); 0 for no limit.",
+        100_000_000,
+        "Largest source image, in pixels (all frames); 0 for no limit.",
         check=_at_least(0),
     )
     gomaxprocs: int = _flag(0, "Accepted for compatibility with the Go server; no effect.")

@@ -45,6 +45,6 @@ def relative_path(namespace: str, image_hash: str, name: str) -> str:
 
 
 def remote_key(remote_base_path: str, relative: str) -> str:
-    """The object key: base path and relative path joined and cleaned like Go's ``filepath.Join``."""
+    """The object key: base and relative path joined and cleaned like Go's ``filepath.Join``."""
     joined = posixpath.join(remote_base_path, relative) if remote_base_path else relative
     return posixpath.normpath(joined)

@@ -34,16 +34,16 @@ def entity_tag(stat: os.stat_result) -> bytes:
 class CachedFile(static.File):
     """A stored file with ``ETag``, ``Last-Modified`` and a year-long immutable ``Cache-Control``.
 
-    `static.File` already answers ``Range``, ``HEAD`` and ``If-Modified-Since`` and streams from disk
-    with a producer; this adds the validator and the caching headers.
+    `static.File` already answers ``Range``, ``HEAD`` and ``If-Modified-Since`` and streams from
+    disk with a producer; this adds the validator and the caching headers.
     """
 
     def __init__(self, path: str, content_type: str) -> None:
         super().__init__(path, defaultType=content_type)
-        self.type = content_type
+        self.type = content_type  # type: ignore[assignment]
         self.encoding = None
 
-    def render_GET(self, request: Request) -> bytes | int:  # type: ignore[override]
+    def render_GET(self, request: Request) -> bytes | int:
         stat = os.stat(self.path)
         tag = entity_tag(stat)
         request.setHeader(b"ETag", tag)

@@ -50,13 +50,9 @@ class ImageServer(service.MultiService):
         downloader = SourceDownloader(
             http, reactor, self.store.tmp, config.http_timeout, config.max_upload_bytes
         )
-        limits = ImageLimits(
-            config.default_quality, config.maximum_width, config.max_source_pixels
-        )
+        limits = ImageLimits(config.default_quality, config.maximum_width, config.max_source_pixels)
         self.images = Images(self.store, self.pool, downloader, self.metrics, limits)
-        main = MainApp(
-            self.images, self.lifecycle, frozenset(config.extensions), config.outputs
-        )
+        main = MainApp(self.images, self.lifecycle, frozenset(config.extensions), config.outputs)
         self.site = ImageSite(main.resource(), self.store.tmp, config.max_upload_bytes, reactor)
         self.main_port = internet.TCPServer(config.port, self.site, interface=config.listen)
         self.main_port.setServiceParent(self)
@@ -75,8 +71,8 @@ class ImageServer(service.MultiService):
         idle.addTimeout(DRAIN_SECONDS, self.reactor)
         idle.addErrback(lambda _: None)
         await idle
-        await super().stopService()  # type: ignore[misc]
+        await super().stopService()
         await self.http_pool.closeCachedConnections()
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

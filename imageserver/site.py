@@ -9,6 +9,7 @@ requests.
 from __future__ import annotations
 
 from io import BytesIO
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
@@ -24,18 +25,21 @@ class SpoolingRequest(server.Request):
     _parsePOSTFormSubmission = False
 
     def gotLength(self, length: int | None) -> None:
-        site: ImageSite = self.channel.site
+        site = self._site()
         if length == 0:
-            self.content = BytesIO()
+            self.content = BytesIO()  # type: ignore[assignment]
         else:
-            self.content = Spool(site.spool_directory, site.max_body_bytes)
+            self.content = Spool(site.spool_directory, site.max_body_bytes)  # type: ignore[assignment]
 
     def process(self) -> None:
-        site: ImageSite = self.channel.site
+        site = self._site()
         site.request_started()
         self.notifyFinish().addBoth(lambda _: site.request_ended())
         super().process()
 
+    def _site(self) -> ImageSite:
+        site: ImageSite = self.channel.site  # type: ignore[attr-defined]
+        return site
 
 
 class ImageSite(server.Site):

@@ -1,8 +1,8 @@
 """Bodies streamed to disk with their MD5 computed on the way, never held whole in memory.
 
 A `Spool` is both the ``content`` of an upload request (Twisted writes each chunk into it as it
-arrives) and the sink of a source download.  The file lives in the store's ``tmp/`` directory, on the
-same filesystem as the store, so the finished original is renamed into place, never copied.
+arrives) and the sink of a source download.  The file lives in the store's ``tmp/`` directory, on
+the same filesystem as the store, so the finished original is renamed into place, never copied.
 """
 
 from __future__ import annotations

@@ -10,8 +10,11 @@ from tests.support import ServerTestCase, request
 class AdminTests(ServerTestCase):
     async def test_probes(self) -> None:
         await self.start_server()
-        for url in (f"{self.admin_url}/probe/live", f"{self.admin_url}/probe/ready",
-                    f"{self.url}/status_check"):
+        for url in (
+            f"{self.admin_url}/probe/live",
+            f"{self.admin_url}/probe/ready",
+            f"{self.url}/status_check",
+        ):
             response = await request("GET", url)
             self.assertEqual((response.code, response.json()), (200, {"message": "OK"}), url)
 
@@ -51,7 +54,12 @@ class AdminTests(ServerTestCase):
 
     async def test_unknown_routes_are_json_404(self) -> None:
         await self.start_server()
-        for method, path in [("POST", "/Bad"), ("PUT", "/p"), ("GET", "/"), ("GET", "/p"),
-                             ("DELETE", "/p/6e0/072/682/e66287b662827da75b244a3/w1.jpg")]:
+        for method, path in [
+            ("POST", "/Bad"),
+            ("PUT", "/p"),
+            ("GET", "/"),
+            ("GET", "/p"),
+            ("DELETE", "/p/6e0/072/682/e66287b662827da75b244a3/w1.jpg"),
+        ]:
             response = await request(method, self.url + path)
             self.assert_error(response, 404, "404 page not found")

@@ -18,7 +18,7 @@ class BatchTests(ServerTestCase):
             self.assertTrue(os.path.isfile(self.local("p", WINE_DIR, name)))
         again = await request("POST", url)
         self.assertEqual(again.code, 200)
-        # Nothing to make: the upload without outputs and the second batch (as the Go server counts).
+        # Nothing to make: the upload without outputs, then the second batch (Go counts both).
         metrics = (await request("GET", f"{self.admin_url}/metrics")).body.decode()
         self.assertIn('image_server_processing_versions_noop_total{namespace="p"} 2.0', metrics)
 
@@ -51,10 +51,14 @@ class AttachmentTests(ServerTestCase):
             "POST", url, data=b"some notes", headers={"Content-Type": "application/json"}
         )
         self.assertEqual((response.code, response.body), (200, b"{}\n"))
-        with open(self.local("test_namespace/31e/8b3/187/a9f63f26d58c88bf09a7bbd/test.txt"), "rb") as f:
+        with open(
+            self.local("test_namespace/31e/8b3/187/a9f63f26d58c88bf09a7bbd/test.txt"), "rb"
+        ) as f:
             self.assertEqual(f.read(), b"some notes")
         served = await request("GET", url)
-        self.assertEqual((served.body, served.header("Content-Type")), (b"some notes", "text/plain"))
+        self.assertEqual(
+            (served.body, served.header("Content-Type")), (b"some notes", "text/plain")
+        )
         self.assert_no_partial_files()
 
     async def test_attachments_cannot_replace_the_original(self) -> None:

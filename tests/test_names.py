@@ -52,9 +52,23 @@ class GrammarVectorTests(SynchronousTestCase):
         self.assertEqual(parse_name("w10.webp", default_quality=60).quality, 60)
 
     def test_refused(self) -> None:
-        for name in ["w0.jpg", "x0.jpg", "0x10.jpg", "10x0.jpg", "x200-q0.jpg", "x200-q101.jpg",
-                     "w1001.jpg", "1001x10.jpg", "..", ".", "", "a/b.jpg", "a\\b.jpg", "a\x00.jpg",
-                     ".hidden"]:
+        for name in [
+            "w0.jpg",
+            "x0.jpg",
+            "0x10.jpg",
+            "10x0.jpg",
+            "x200-q0.jpg",
+            "x200-q101.jpg",
+            "w1001.jpg",
+            "1001x10.jpg",
+            "..",
+            ".",
+            "",
+            "a/b.jpg",
+            "a\\b.jpg",
+            "a\x00.jpg",
+            ".hidden",
+        ]:
             self.assertRaises(InvalidParameter, parse_name, name)
 
     def test_maximum_off(self) -> None:

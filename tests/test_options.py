@@ -59,12 +59,42 @@ class OptionTests(SynchronousTestCase):
 
     def test_every_go_flag_is_accepted(self) -> None:
         """SPEC §11.5, Manta aside."""
-        go_flags = """port listen local_base_path extensions remote_base_url remote_base_path
-        uploader max_file_age aws_access_key_id aws_secret_key aws_bucket aws_region maximum_width
-        default_quality outputs namespace uploader_concurrency processor_concurrency http_timeout
-        gomaxprocs enable_statsd statsd_host statsd_port statsd_prefix profile require-signature
-        require-signature-for-reads signing-secrets-file signature-max-ttl webhook-url
-        webhook-secret webhook-timeout webhook-events""".split()
+        go_flags = [
+        ]
+            "port",
+            "listen",
+            "local_base_path",
+            "extensions",
+            "remote_base_url",
+            "remote_base_path",
+            "uploader",
+            "max_file_age",
+            "aws_access_key_id",
+            "aws_secret_key",
+            "aws_bucket",
+            "aws_region",
+            "maximum_width",
+            "default_quality",
+            "outputs",
+            "namespace",
+            "uploader_concurrency",
+            "processor_concurrency",
+            "http_timeout",
+            "gomaxprocs",
+            "enable_statsd",
+            "statsd_host",
+            "statsd_port",
+            "statsd_prefix",
+            "profile",
+            "require-signature",
+            "require-signature-for-reads",
+            "signing-secrets-file",
+            "signature-max-ttl",
+            "webhook-url",
+            "webhook-secret",
+            "webhook-timeout",
+            "webhook-events",
+        ]
         for flag in go_flags:
             self.assertIn(flag.replace("-", "_"), CONFIG_FIELDS)
             self.assertEqual(Config.flag_name(flag.replace("-", "_")), flag)
@@ -75,8 +105,9 @@ class OptionTests(SynchronousTestCase):
             parse(["--aws_bucket", "b", "--aws_access_key_id", "k"]).effective_uploader, "s3"
         )
         self.assertEqual(
-            parse(["--uploader", "noop", "--aws_bucket", "b", "--aws_access_key_id", "k"])
-            .effective_uploader,
+            parse(
+                ["--uploader", "noop", "--aws_bucket", "b", "--aws_access_key_id", "k"]
+            ).effective_uploader,
             "noop",
         )
 
@@ -87,9 +118,13 @@ class CommandLineTests(SynchronousTestCase):
             split_command(["--port=7000", "--outputs", "", "server", "--listen", "0.0.0.0"]),
             ("server", ["--port=7000", "--outputs", "", "--listen", "0.0.0.0"]),
         )
-        self.assertEqual(split_command(["--namespace", "server", "version"]),
-                         ("version", ["--namespace", "server"]))
-        self.assertEqual(split_command(["--enable_statsd", "server"]), ("server", ["--enable_statsd"]))
+        self.assertEqual(
+            split_command(["--namespace", "server", "version"]),
+            ("version", ["--namespace", "server"]),
+        )
+        self.assertEqual(
+            split_command(["--enable_statsd", "server"]), ("server", ["--enable_statsd"])
+        )
         self.assertEqual(split_command([]), (None, []))
 
     def test_version(self) -> None:

@@ -134,7 +134,9 @@ class BadUploadTests(ServerTestCase):
 
     async def test_reserved_namespace(self) -> None:
         await self.start_server()
-        await self.assert_refused(fixture("wine.jpg"), 400, "invalid namespace: 'tmp' is reserved", namespace="tmp")
+        await self.assert_refused(
+            fixture("wine.jpg"), 400, "invalid namespace: 'tmp' is reserved", namespace="tmp"
+        )
 
     async def test_body_over_the_limit(self) -> None:
         await self.start_server(max_upload_bytes=50_000)
@@ -159,9 +161,8 @@ class SourceUploadTests(ServerTestCase):
         self.assertEqual(response.json()["hash"], WINE_HASH)
         self.assertEqual(source.requests[0].getHeader(b"User-Agent"), b"image-server")
         self.assertTrue(os.path.isfile(self.local("p", WINE_DIR, "w100.jpg")))
-        stored = ImageDetails.from_info_json(
-            open(self.local("p", WINE_DIR, "info.json"), "rb").read()
-        )
+        with open(self.local("p", WINE_DIR, "info.json"), "rb") as info:
+            stored = ImageDetails.from_info_json(info.read())
         self.assertEqual(stored, ImageDetails(WINE_HASH, 600, 800, "image/jpeg"))
         self.assert_no_partial_files()
 

@@ -106,9 +106,7 @@ class CachingTests(ServerTestCase):
 
     async def test_headers(self) -> None:
         await self.asyncSetUp()
-        self.assertEqual(
-            self.first.header("Cache-Control"), "public, max-age=31536000, immutable"
-        )
+        self.assertEqual(self.first.header("Cache-Control"), "public, max-age=31536000, immutable")
         self.assertTrue(self.first.header("ETag").startswith('"'))
         self.assertIsNotNone(self.first.header("Last-Modified"))
         self.assertEqual(self.first.header("Accept-Ranges"), "bytes")

@@ -1,1 +1,1 @@
-"""Image work, done in worker subprocesses: AMP commands, the worker, its pyvips operations, the pool."""
+"""Image work in worker subprocesses: AMP commands, the worker, its pyvips operations, the pool."""

@@ -33,7 +33,7 @@ class Identify(amp.Command):
 
 
 class Render(amp.Command):
-    """Make one variant of ``source``, write it to ``temporary`` and rename it to ``destination``."""
+    """Make a variant of ``source`` in ``temporary``, then rename that to ``destination``."""
 
     arguments = [
         (b"source", amp.Unicode()),
@@ -51,6 +51,3 @@ class Render(amp.Command):
 
 class Warm(amp.Command):
     """Load libvips in a fresh worker, so the first real job does not pay for it."""
-
-    arguments: list[tuple[bytes, amp.Argument]] = []
-    response: list[tuple[bytes, amp.Argument]] = []

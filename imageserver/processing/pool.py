@@ -38,9 +38,7 @@ def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
         "PYTHONPATH": package_parent,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
     }
-    environment.update(
-        {key: value for key, value in os.environ.items() if key.startswith("VIPS_")}
-    )
+    environment.update({key: value for key, value in os.environ.items() if key.startswith("VIPS_")})
     environment.update(extra or {})
     return environment
 
@@ -69,7 +67,7 @@ class WorkerPool(Service):
     def queued(self) -> int:
         return max(0, self.in_flight - self.size)
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         super().startService()
         starter = ProcessStarter(env=self.environment, packages=("twisted", "imageserver"))
         self._pool = ampoule_pool.ProcessPool(
@@ -94,7 +92,7 @@ class WorkerPool(Service):
 
         return DeferredList(warming, consumeErrors=True).addCallback(_ready)
 
-    def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         self.ready = False
         if self._pool is None:

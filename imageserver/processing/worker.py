@@ -14,7 +14,7 @@ from imageserver.processing import commands, operations
 from imageserver.store import DIRECTORY_MODE, remove_quietly
 
 
-class Worker(AMPChild):  # type: ignore[misc]
+class Worker(AMPChild):
     """One pyvips worker; each job is independent (libvips' operation cache is off)."""
 
     @commands.Identify.responder
