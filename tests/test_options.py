@@ -60,7 +60,6 @@ class OptionTests(SynchronousTestCase):
     def test_every_go_flag_is_accepted(self) -> None:
         """SPEC §11.5, Manta aside."""
         go_flags = [
-        ]
             "port",
             "listen",
             "local_base_path",
