@@ -225,3 +225,17 @@ class ServerOptions(usage.Options):
             if raw is not None:
                 values[name] = _convert(config_field, raw)
         self.config = Config(**values)
+        _refuse_what_is_not_built(self.config)
+
+
+def _refuse_what_is_not_built(config: Config) -> None:
+    """Stop rather than run without a protection or a store the operator asked for.
+
+    Signatures and S3 are accepted as flags (the Go server's command lines must parse), but until
+    they are implemented a server started with them would silently be open or would keep images
+    only locally: both are worse than not starting.
+    """
+    if config.require_signature or config.require_signature_for_reads:
+        raise usage.UsageError("--require-signature: signed URLs are not supported yet")
+    if config.effective_uploader == "s3":
+        raise usage.UsageError("--uploader: the S3 store is not supported yet; use the local store")

@@ -25,17 +25,14 @@ class SpoolingRequest(server.Request):
     _parsePOSTFormSubmission = False
 
     def gotLength(self, length: int | None) -> None:
+        """Headers are in: from here the request counts as in flight, body and all."""
         site = self._site()
+        site.request_started()
+        self.notifyFinish().addBoth(lambda _: site.request_ended())
         if length == 0:
             self.content = BytesIO()  # type: ignore[assignment]
         else:
             self.content = Spool(site.spool_directory, site.max_body_bytes)  # type: ignore[assignment]
-
-    def process(self) -> None:
-        site = self._site()
-        site.request_started()
-        self.notifyFinish().addBoth(lambda _: site.request_ended())
-        super().process()
 
     def _site(self) -> ImageSite:
         site: ImageSite = self.channel.site  # type: ignore[attr-defined]

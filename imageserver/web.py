@@ -17,7 +17,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from imageserver import mime, paths
-from imageserver.errors import ImageServerError, NotFound
+from imageserver.errors import ImageServerError, NotFound, Overloaded
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.names import INFO_JSON, ORIGINAL, check_servable, split_outputs
@@ -27,6 +27,8 @@ from imageserver.spool import Spool
 log = Logger()
 
 IMAGE = "/<namespace>/<p1>/<p2>/<p3>/<p4>"
+# What an overloaded server tells clients to wait before trying again.
+RETRY_AFTER_SECONDS = 1
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -104,6 +106,8 @@ class MainApp:
     @app.handle_errors(ImageServerError)
     def image_server_error(self, request: IRequest, failure: Failure) -> bytes:
         error: ImageServerError = failure.value
+        if isinstance(error, Overloaded):
+            request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode())
         return error_body(request, error.status, error.message, error.code)
 
     @app.handle_errors(HTTPException)

@@ -99,16 +99,24 @@ class OptionTests(SynchronousTestCase):
             self.assertEqual(Config.flag_name(flag.replace("-", "_")), flag)
 
     def test_uploader_choice(self) -> None:
-        self.assertEqual(parse(["--uploader", "AWS"]).effective_uploader, "s3")
-        self.assertEqual(
-            parse(["--aws_bucket", "b", "--aws_access_key_id", "k"]).effective_uploader, "s3"
-        )
+        self.assertEqual(Config(uploader="AWS").effective_uploader, "s3")
+        self.assertEqual(Config(aws_bucket="b", aws_access_key_id="k").effective_uploader, "s3")
         self.assertEqual(
             parse(
                 ["--uploader", "noop", "--aws_bucket", "b", "--aws_access_key_id", "k"]
             ).effective_uploader,
             "noop",
         )
+
+    def test_features_not_built_yet_refuse_to_start(self) -> None:
+        """A server asked for signatures or S3 must not quietly run open or local-only."""
+        for args in (
+            ["--require-signature"],
+            ["--require-signature-for-reads=true"],
+            ["--uploader", "s3"],
+            ["--aws_bucket", "b", "--aws_access_key_id", "k"],
+        ):
+            self.assertRaises(UsageError, parse, args)
 
 
 class CommandLineTests(SynchronousTestCase):
