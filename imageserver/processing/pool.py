@@ -100,6 +100,12 @@ class WorkerPool(Service):
         stopping: Deferred[None] = self._pool.stop()
         return stopping
 
+    def worker_pids(self) -> list[int]:
+        """The process ids of the live workers (for operators and tests)."""
+        if self._pool is None:
+            return []
+        return [child.transport.transport.pid for child in self._pool.processes]
+
     def identify(self, path: str, max_pixels: int) -> Deferred[dict[str, Any]]:
         return self._submit(commands.Identify, path=path, max_pixels=max_pixels)
 

@@ -1,0 +1,79 @@
+"""The worker pool under failure and overload, with real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from twisted.internet.defer import ensureDeferred
+
+from tests.support import WINE_DIR, ServerTestCase, request, sleep
+
+
+class PoolTests(ServerTestCase):
+    async def stopped_worker(self) -> int:
+        """Freeze the only worker, so the next job waits in it."""
+        [pid] = self.server.pool.worker_pids()
+        os.kill(pid, signal.SIGSTOP)
+        return pid
+
+    def variant(self, name: str):  # type: ignore[no-untyped-def]
+        return ensureDeferred(request("GET", f"{self.url}/p/{WINE_DIR}/{name}"))
+
+    async def wait_for_workers(self, count: int, not_pid: int) -> None:
+        for _ in range(100):
+            pids = self.server.pool.worker_pids()
+            if len(pids) == count and not_pid not in pids:
+                return
+            await sleep(0.05)
+        self.fail(f"the pool has {self.server.pool.worker_pids()}")
+
+    async def test_crash_fails_only_its_own_job(self) -> None:
+        await self.start_server(max_queue=5)
+        await self.upload_wine()
+        await request("GET", f"{self.url}/p/{WINE_DIR}/w10.jpg")
+        pid = await self.stopped_worker()
+        doomed = self.variant("w20.jpg")
+        await sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        response = await doomed
+        self.assert_error(response, 500, "the image worker stopped during the job")
+        self.assert_no_partial_files()
+        await self.wait_for_workers(1, pid)
+        after = await self.variant("w20.jpg")
+        self.assertEqual(after.code, 200)
+        self.assertEqual(self.server.pool.in_flight, 0)
+
+    async def test_full_queue_answers_503_and_files_are_still_served(self) -> None:
+        await self.start_server(max_queue=0)
+        await self.upload_wine()
+        ready = await self.variant("w10.jpg")
+        self.assertEqual(ready.code, 200)
+        pid = await self.stopped_worker()
+        waiting = self.variant("w30.jpg")
+        await sleep(0.2)
+        refused = await self.variant("w40.jpg")
+        self.assert_error(refused, 503, "the image workers are busy")
+        self.assertEqual(refused.header("Retry-After"), "1")
+        served = await self.variant("w10.jpg")
+        self.assertEqual(served.body, ready.body)
+        os.kill(pid, signal.SIGCONT)
+        self.assertEqual((await waiting).code, 200)
+
+    async def test_job_over_the_timeout_kills_its_worker(self) -> None:
+        await self.start_server(processing_timeout=1)
+        await self.upload_wine()
+        pid = await self.stopped_worker()
+        response = await self.variant("w50.jpg")
+        self.assert_error(response, 500, "the image worker stopped during the job")
+        await self.wait_for_workers(1, pid)
+        self.assertEqual((await self.variant("w50.jpg")).code, 200)
+        self.assert_no_partial_files()
+
+    async def test_workers_are_recycled(self) -> None:
+        await self.start_server(worker_max_jobs=2)
+        await self.upload_wine()
+        [first] = self.server.pool.worker_pids()
+        for width in (11, 12, 13):
+            self.assertEqual((await self.variant(f"w{width}.jpg")).code, 200)
+        await self.wait_for_workers(1, first)
