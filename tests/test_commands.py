@@ -25,6 +25,15 @@ def free_port() -> int:
         return port
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the image workers of a server)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as listing:
+            found.extend(int(child) for child in listing.read().split())
+    return found
+
+
 class ServerProcess(protocol.ProcessProtocol):
     """A server in a child process; ``ended`` fires with its exit code."""
 
@@ -114,8 +123,16 @@ class CommandTests(unittest.TestCase):
         process, url = await self.start([IMAGE_SERVER, "--outputs=", "server"])
         response = await request("POST", url + "/p", data=fixture("wine.jpg"))
         self.assertEqual(response.json()["hash"], "6e0072682e66287b662827da75b244a3")
+        workers = children(self._pid(process))
+        self.assertTrue(workers)
         os.kill(self._pid(process), signal.SIGTERM)
         self.assertEqual(await process.ended, 0)
+        for _ in range(50):
+            if not any(os.path.exists(f"/proc/{pid}") for pid in workers):
+                break
+            await sleep(0.1)
+        else:
+            self.fail(f"workers {workers} outlived the server")
 
     async def test_twistd_plugin(self) -> None:
         process, url = await self.start([TWISTD, "--nodaemon", "--pidfile=", "imageserver"])

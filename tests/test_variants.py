@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 from twisted.internet.defer import ensureDeferred, gatherResults
 
+from imageserver.paths import partition
 from tests.support import WINE_DIR, WINE_HASH, ServerTestCase, fixture, image_size, request
 
 
@@ -64,12 +66,42 @@ class VariantTests(ServerTestCase):
     async def test_heic_upload_gives_jpeg_and_webp(self) -> None:
         await self.start_server()
         response = await self.upload(fixture("wine.heic"))
-        partition = response.json()["hash"]
-        directory = "/".join((partition[:3], partition[3:6], partition[6:9], partition[9:]))
+        directory = partition(response.json()["hash"])
         for name, kind in (("w200.jpg", "JPEG"), ("x100.webp", "WEBP")):
             got = await request("GET", f"{self.url}/p/{directory}/{name}")
             self.assertEqual(got.code, 200)
             self.assertEqual(image_size(got.body)[2], kind)
+
+    async def test_outputs_are_clean_upright_and_keep_alpha(self) -> None:
+        """Decoded outputs: no EXIF, the right mode for alpha, upright pixels from an EXIF-rotated
+        source."""
+        from PIL import Image
+
+        await self.start_server()
+        await self.upload_wine()
+        jpeg = Image.open(io.BytesIO((await self.get("w200.jpg")).body))
+        self.assertEqual(len(jpeg.getexif()), 0)
+        self.assertNotIn("icc_profile", jpeg.info)
+        self.assertEqual(jpeg.mode, "RGB")
+
+        alpha = await self.upload(fixture("test-hevc-alpha.heic"))
+        directory = partition(alpha.json()["hash"])
+        png = await request("GET", f"{self.url}/p/{directory}/x100.png")
+        self.assertEqual(Image.open(io.BytesIO(png.body)).mode, "RGBA")
+        flat = await request("GET", f"{self.url}/p/{directory}/x100.jpg")
+        self.assertEqual(Image.open(io.BytesIO(flat.body)).mode, "RGB")
+
+        # A 40x20 image stored sideways: EXIF orientation 6 means "rotate 90° clockwise".
+        sideways = io.BytesIO()
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.new("RGB", (40, 20), "red").save(sideways, "JPEG", exif=exif)
+        rotated = await self.upload(sideways.getvalue())
+        self.assertEqual((rotated.json()["width"], rotated.json()["height"]), (20, 40))
+        upright = await request(
+            "GET", f"{self.url}/p/{partition(rotated.json()['hash'])}/full_size.png"
+        )
+        self.assertEqual(image_size(upright.body)[:2], (20, 40))
 
     async def test_concurrent_requests_share_one_job(self) -> None:
         """Twenty identical requests: one render, twenty identical answers."""
