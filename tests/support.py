@@ -114,6 +114,14 @@ class ServerTestCase(unittest.TestCase):
         response = await self.upload(fixture("wine.jpg"), namespace)
         self.assertEqual(response.code, 200, response.body)
 
+    async def assert_refused(self, body: bytes, status: int, prefix: str, **kw: str) -> None:
+        """An upload fails with a JSON error, stores nothing, and the server keeps serving."""
+        response = await self.upload(body, **kw)
+        self.assert_error(response, status, prefix)
+        self.assertEqual(self.store_files(), [])
+        self.assert_no_partial_files()
+        await self.assert_still_serving()
+
     async def assert_still_serving(self) -> None:
         """A small upload still works (small enough for the tests' lowered body limits)."""
         response = await self.upload(fixture("test-hevc-alpha.heic"))

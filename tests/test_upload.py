@@ -105,13 +105,6 @@ class BodyUploadTests(ServerTestCase):
 class BadUploadTests(ServerTestCase):
     """Every bad upload: a JSON error, nothing stored, and the server still serving."""
 
-    async def assert_refused(self, body: bytes, status: int, prefix: str, **kw: str) -> None:
-        response = await self.upload(body, **kw)
-        self.assert_error(response, status, prefix)
-        self.assertEqual(self.store_files(), [])
-        self.assert_no_partial_files()
-        await self.assert_still_serving()
-
     async def test_empty_body(self) -> None:
         await self.start_server()
         await self.assert_refused(b"", 404, "File is empty")
@@ -179,11 +172,7 @@ class SourceUploadTests(ServerTestCase):
         self.assertEqual(len(source.requests), 1)
 
     async def assert_source_refused(self, url: str, status: int, prefix: str) -> None:
-        response = await self.upload(b"{}", query=f"?source={url}")
-        self.assert_error(response, status, prefix)
-        self.assertEqual(self.store_files(), [])
-        self.assert_no_partial_files()
-        await self.assert_still_serving()
+        await self.assert_refused(b"{}", status, prefix, query=f"?source={url}")
 
     async def test_source_answering_404(self) -> None:
         await self.start_server()
