@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from werkzeug.exceptions import HTTPException
 
 from imageserver.lifecycle import Lifecycle
 from imageserver.metrics import Metrics
-from imageserver.responses import json_body
+from imageserver.responses import error_body, json_body
 
 
 class AdminApp:
@@ -30,6 +32,10 @@ class AdminApp:
     def ready(self, request: IRequest) -> bytes:
         status, message = self.lifecycle.health()
         return json_body(request, status, {"message": message})
+
+    @app.handle_errors(HTTPException)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return error_body(request, 404, "404 page not found", "not_found")
 
     @app.route("/metrics")
     def metrics_page(self, request: IRequest) -> bytes:

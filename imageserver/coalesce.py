@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
@@ -22,9 +22,6 @@ class Coalescer(Generic[T]):
     def __init__(self) -> None:
         self._waiting: dict[Hashable, list[Deferred[T]]] = {}
 
-    def __len__(self) -> int:
-        return len(self._waiting)
-
     def run(self, key: Hashable, start: Callable[[], Deferred[T]]) -> tuple[Deferred[T], bool]:
         """Return a Deferred for the key's result, and whether this call started the job."""
         mine: Deferred[T] = Deferred()
@@ -32,7 +29,7 @@ class Coalescer(Generic[T]):
             self._waiting[key].append(mine)
             return mine, False
         self._waiting[key] = [mine]
-        job = start()
+        job = maybeDeferred(start)  # a start() that raises still releases the key
         job.addBoth(self._finished, key)
         return mine, True
 

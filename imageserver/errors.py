@@ -43,19 +43,29 @@ class EmptyFile(ImageServerError):
         super().__init__(message)
 
 
-class UnreadableImage(ImageServerError):
-    """Bytes that no allowed loader can decode.
+class _PrefixedError(ImageServerError):
+    """An error whose message always starts with ``prefix``, once.
 
-    The message keeps Go's ``ImageMagick failed to identify properties``: clients map that prefix to
-    "invalid source", whatever library did the decoding.
+    The prefixes are the Go server's, which clients match on (the Ruby gem maps "ImageMagick
+    failed" to "invalid source") whatever library did the decoding.  A message that already has
+    the prefix (one rebuilt from its text after crossing the worker pipe) keeps it as it is.
     """
+
+    prefix = ""
+
+    def __init__(self, detail: str = "") -> None:
+        if detail.startswith(self.prefix):
+            super().__init__(detail)
+        else:
+            super().__init__(f"{self.prefix}: {detail}" if detail else self.prefix)
+
+
+class UnreadableImage(_PrefixedError):
+    """Bytes that no allowed loader can decode."""
 
     status = 404
     code = "unreadable_image"
-
-    def __init__(self, detail: str = "") -> None:
-        message = "ImageMagick failed to identify properties"
-        super().__init__(f"{message}: {detail}" if detail else message)
+    prefix = "ImageMagick failed to identify properties"
 
 
 class ImageTooLarge(ImageServerError):
@@ -65,11 +75,12 @@ class ImageTooLarge(ImageServerError):
     code = "image_too_large"
 
 
-class ProcessingFailed(ImageServerError):
-    """The image decoded but the variant could not be made."""
+class ProcessingFailed(_PrefixedError):
+    """The image's header was read but the variant could not be made."""
 
     status = 404
     code = "processing_failed"
+    prefix = "ImageMagick failed to process the image"
 
 
 class InvalidParameter(ImageServerError):

@@ -21,12 +21,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from imageserver.errors import BodyTooLarge, EmptyFile, ImageServerError, SourceUnavailable
-from imageserver.spool import Spool
+from imageserver.spool import MINIMUM_IMAGE_BYTES, Spool
 
 USER_AGENT = b"image-server"
-
-# The Go server deletes downloads shorter than this and answers "File is empty".
-MINIMUM_BYTES = 10
 
 
 class SourceDownloader:
@@ -48,14 +45,15 @@ class SourceDownloader:
 
     def download(self, url: str) -> Deferred[Spool]:
         """Fire with the spool of the whole body, or fail with an `ImageServerError`."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SourceUnavailable(f"Unable to download image: {url}, only http and https URLs")
+        address = _address(url)
+        try:
+            request = self._http.get(
+                _request_target(url), headers={b"User-Agent": [USER_AGENT]}, allow_redirects=False
+            )
+        except Exception as error:  # a URL the HTTP client cannot even send
+            raise SourceUnavailable(f"Unable to download image: {url}, {error}") from error
         spool = Spool(self._spool_directory, self._max_bytes)
-        download = _Download(url, spool, self._reactor, self._timeout)
-        request = self._http.get(
-            _request_target(url), headers={b"User-Agent": [USER_AGENT]}, allow_redirects=False
-        )
+        download = _Download(url, address, spool, self._reactor, self._timeout)
         finished = download.start(request)
         finished.addErrback(_discard, spool)
         return finished
@@ -64,8 +62,11 @@ class SourceDownloader:
 class _Download(Protocol):
     """Receives one response body into a spool; one deadline covers headers and body."""
 
-    def __init__(self, url: str, spool: Spool, reactor: IReactorTime, timeout: float) -> None:
+    def __init__(
+        self, url: str, address: str, spool: Spool, reactor: IReactorTime, timeout: float
+    ) -> None:
         self.url = url
+        self.address = address
         self.spool = spool
         self.timeout = timeout
         self.finished: Deferred[Spool] = Deferred()
@@ -80,7 +81,7 @@ class _Download(Protocol):
     def _response(self, response: IResponse) -> None:
         self._request = None
         if response.code != 200:
-            response.deliverBody(Protocol())  # read and drop what the server sends
+            response.deliverBody(_Refuse())
             self._fail(
                 SourceUnavailable(
                     f"Unable to download image: {self.url}, status code: {response.code}"
@@ -92,11 +93,10 @@ class _Download(Protocol):
     def _request_failed(self, reason: Failure) -> None:
         self._request = None
         if not reason.check(CancelledError):
-            self._fail(_connection_error(self.url, reason))
+            self._fail(_connection_error(self.url, self.address, reason))
 
     def _timed_out(self) -> None:
-        host = urlsplit(self.url).netloc
-        self._fail(SourceUnavailable(f'Get "{self.url}": dial tcp {host}: i/o timeout'))
+        self._fail(SourceUnavailable(f'Get "{self.url}": dial tcp {self.address}: i/o timeout'))
 
     def dataReceived(self, data: bytes) -> None:
         self.spool.write(data)
@@ -109,8 +109,8 @@ class _Download(Protocol):
         if self.finished.called:
             return
         if not reason.check(ResponseDone, PotentialDataLoss):
-            self._fail(_connection_error(self.url, reason))
-        elif self.spool.size < MINIMUM_BYTES:
+            self._fail(_connection_error(self.url, self.address, reason))
+        elif self.spool.size < MINIMUM_IMAGE_BYTES:
             self._fail(EmptyFile())
         else:
             self._deadline.cancel()
@@ -128,17 +128,34 @@ class _Download(Protocol):
         self.finished.errback(error)
 
 
-def _connection_error(url: str, reason: Failure) -> SourceUnavailable:
+class _Refuse(Protocol):
+    """The body of a response we do not want: stop it at once rather than read it."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+
+def _address(url: str) -> str:
+    """``host:port`` of an http or https URL, or `SourceUnavailable` for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise SourceUnavailable(f"Unable to download image: {url}, {error}") from error
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SourceUnavailable(f"Unable to download image: {url}, only http and https URLs")
+    return f"{parts.hostname}:{port}"
+
+
+def _connection_error(url: str, address: str, reason: Failure) -> SourceUnavailable:
     """Go-style wording for transport errors, so clients can tell refusal from a bad status."""
-    parts = urlsplit(url)
-    address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     failure = reason
     if reason.check(ResponseFailed) and reason.value.reasons:
         failure = reason.value.reasons[0]
     if failure.check(net_error.ConnectionRefusedError):
         detail = f"dial tcp {address}: connect: connection refused"
     elif failure.check(net_error.DNSLookupError):
-        detail = f"dial tcp: lookup {parts.hostname}: no such host"
+        detail = f"dial tcp: lookup {address.rpartition(':')[0]}: no such host"
     elif failure.check(net_error.TimeoutError):
         detail = f"dial tcp {address}: i/o timeout"
     else:

@@ -24,10 +24,11 @@ from imageserver.names import (
     RESERVED_NAMES,
     Variant,
     check_file_name,
+    check_servable,
     parse_name,
 )
 from imageserver.processing.pool import WorkerPool
-from imageserver.spool import Spool
+from imageserver.spool import MINIMUM_IMAGE_BYTES, Spool
 from imageserver.store import LocalStore, remove_quietly
 
 
@@ -68,6 +69,8 @@ class Images:
         if spool is None:
             raise EmptyFile()
         _check_size(spool)
+        if spool.size < MINIMUM_IMAGE_BYTES:
+            raise EmptyFile()
         return await self._ingest(namespace, spool)
 
     def ingest_url(self, namespace: str, url: str) -> Deferred[ImageDetails]:
@@ -111,7 +114,12 @@ class Images:
             self.store.write(relative, b"")
             return
         _check_size(spool)
-        self.store.commit(spool.claim(), relative)
+        claimed = spool.claim()
+        try:
+            self.store.commit(claimed, relative)
+        except BaseException:
+            remove_quietly(claimed)
+            raise
 
     # Variants
 
@@ -127,14 +135,15 @@ class Images:
         if self.store.exists(relative):
             self.metrics.version_noop.labels(*labels).inc()
             return succeed(self.store.path(relative))
-        source = paths.relative_path(namespace, image_hash, ORIGINAL)
-        if variant.name in RESERVED_NAMES or variant.output_format is None:
+        output_format = variant.output_format
+        if variant.name in RESERVED_NAMES or output_format is None:
             raise NotFound(f"{relative} does not exist")
+        source = paths.relative_path(namespace, image_hash, ORIGINAL)
         if not self.store.exists(source):
             raise NotFound(f"image {namespace}/{image_hash} does not exist")
 
         def render() -> Deferred[str]:
-            return ensureDeferred(self._render(source, relative, variant, labels))
+            return ensureDeferred(self._render(source, relative, variant, output_format, labels))
 
         shared, started = self._variants.run(relative, render)
         if not started:
@@ -142,7 +151,12 @@ class Images:
         return shared
 
     async def _render(
-        self, source: str, relative: str, variant: Variant, labels: tuple[str, str, str]
+        self,
+        source: str,
+        relative: str,
+        variant: Variant,
+        output_format: str,
+        labels: tuple[str, str, str],
     ) -> str:
         temporary = self.store.temporary_path(suffix="." + variant.extension)
         try:
@@ -153,8 +167,9 @@ class Images:
                 width=variant.width,
                 height=variant.height,
                 quality=variant.quality,
-                output_format=variant.output_format,
+                output_format=output_format,
                 max_pixels=self.limits.max_source_pixels,
+                max_dimension=self.limits.maximum_width,
             )
         except BaseException:
             remove_quietly(temporary)
@@ -165,7 +180,11 @@ class Images:
 
     async def make_outputs(self, namespace: str, image_hash: str, names: list[str]) -> None:
         """Make every named variant, in parallel; fail with the first error once all are done."""
+        if not self.store.exists(paths.relative_path(namespace, image_hash, ORIGINAL)):
+            raise NotFound(f"image {namespace}/{image_hash} does not exist")
         variants = [self.parse(name) for name in names]
+        for variant in variants:
+            check_servable(variant, allowed_extensions=frozenset())
         missing = [
             variant
             for variant in variants

@@ -24,6 +24,24 @@ _BY_EXTENSION = {
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 
+# What a browser may show inline from the image origin; anything else (HTML, SVG, scripts a client
+# stored as an "attachment") is served as a download, so it cannot run in the origin's context.
+INLINE_TYPES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/heic",
+        "image/heif",
+        "image/tiff",
+        "application/json",
+        "application/pdf",
+        "text/plain",
+    }
+)
+
 # How many leading bytes `sniff` needs.
 SNIFF_BYTES = 16
 

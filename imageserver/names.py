@@ -63,10 +63,16 @@ class Variant:
         return OUTPUT_FORMATS.get(self.extension.lower())
 
 
+# The longest file name common filesystems (and S3 keys' path segments) take.
+MAX_NAME_BYTES = 255
+
+
 def check_file_name(name: str) -> None:
-    """Refuse names that could escape the image directory or hide in it."""
+    """Refuse names that could escape the image directory, hide in it, or not fit on disk."""
     if name in ("", ".", "..") or _UNSAFE.search(name) or name.startswith("."):
         raise InvalidParameter(f"invalid file name: {name!r}")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise InvalidParameter(f"file names are at most {MAX_NAME_BYTES} bytes")
 
 
 def parse_name(name: str, default_quality: int = 75, maximum_width: int = 1000) -> Variant:
@@ -96,6 +102,15 @@ def parse_name(name: str, default_quality: int = 75, maximum_width: int = 1000) 
             f"{name}: {max(width, height)} pixels is over the maximum of {maximum_width}"
         )
     return Variant(name, width, height, quality, ext)
+
+
+def is_generated(name: str) -> bool:
+    """Whether a stored file of this name is ours and never changes: the original, its details, or
+    a variant of the grammar.  Anything else is a client's attachment, which can be replaced."""
+    if name in RESERVED_NAMES:
+        return True
+    forms = (_RECTANGLE, _SQUARE, _WIDTH, _FULL_SIZE)
+    return any(form.fullmatch(name) for form in forms)
 
 
 def check_servable(variant: Variant, allowed_extensions: frozenset[str]) -> None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from twisted.python import usage
 
-from imageserver.names import DEFAULT_EXTENSIONS, split_outputs
+from imageserver.errors import ImageServerError
+from imageserver.names import DEFAULT_EXTENSIONS, parse_name, split_outputs
 
 ENV_PREFIX = "IMAGE_SERVER_"
 
@@ -193,8 +195,6 @@ class ServerOptions(usage.Options):
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Accept ``--a-b``/``--a_b`` and Go-style ``--flag=false`` before handing over to usage."""
-        import sys
-
         args = list(sys.argv[1:] if options is None else options)
         super().parseOptions(self._normalise(args))
 
@@ -225,7 +225,17 @@ class ServerOptions(usage.Options):
             if raw is not None:
                 values[name] = _convert(config_field, raw)
         self.config = Config(**values)
+        _check_outputs(self.config)
         _refuse_what_is_not_built(self.config)
+
+
+def _check_outputs(config: Config) -> None:
+    """Default outputs must be valid names, or every upload would fail."""
+    for name in config.outputs:
+        try:
+            parse_name(name, config.default_quality, config.maximum_width)
+        except ImageServerError as error:
+            raise usage.UsageError(f"--outputs: {error.message}") from None
 
 
 def _refuse_what_is_not_built(config: Config) -> None:

@@ -17,6 +17,8 @@ PARTITION = re.compile(r"([a-f0-9]{3})/([a-f0-9]{3})/([a-f0-9]{3})/([a-f0-9]{23}
 
 # The local store keeps its temporary files here, so no namespace may be called that.
 TMP_DIRECTORY = "tmp"
+# A namespace is one directory name.
+MAX_NAMESPACE_LENGTH = 255
 
 
 def check_namespace(namespace: str) -> None:
@@ -24,6 +26,8 @@ def check_namespace(namespace: str) -> None:
     or one that would collide with the store's ``tmp/``."""
     if not NAMESPACE.fullmatch(namespace):
         raise NotFound("404 page not found")
+    if len(namespace) > MAX_NAMESPACE_LENGTH:
+        raise InvalidParameter(f"namespaces are at most {MAX_NAMESPACE_LENGTH} characters")
     if namespace == TMP_DIRECTORY:
         raise InvalidParameter(f"invalid namespace: {namespace!r} is reserved")
 

@@ -10,8 +10,12 @@ from twisted.web import http, static
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
+from imageserver import mime
+
 # Variants are immutable: a name always means the same pixels of the same original.
 IMMUTABLE = b"public, max-age=31536000, immutable"
+# Attachments can be replaced: caches keep them but check the validator first.
+REVALIDATE = b"public, no-cache"
 JSON_TYPE = b"application/json; charset=UTF-8"
 
 
@@ -32,26 +36,36 @@ def entity_tag(stat: os.stat_result) -> bytes:
 
 
 class CachedFile(static.File):
-    """A stored file with ``ETag``, ``Last-Modified`` and a year-long immutable ``Cache-Control``.
+    """A stored file with ``ETag``, ``Last-Modified`` and ``Cache-Control``.
 
     `static.File` already answers ``Range``, ``HEAD`` and ``If-Modified-Since`` and streams from
-    disk with a producer; this adds the validator and the caching headers.
+    disk with a producer; this adds the validator, the caching headers, and keeps content that a
+    browser could run (HTML, SVG) from being shown inline.
     """
 
-    def __init__(self, path: str, content_type: str) -> None:
+    def __init__(self, path: str, content_type: str, immutable: bool) -> None:
         super().__init__(path, defaultType=content_type)
-        self.type = content_type  # type: ignore[assignment]
+        self.inline = content_type in mime.INLINE_TYPES
+        self.type = content_type if self.inline else "application/octet-stream"  # type: ignore[assignment]
         self.encoding = None
+        self.cache_control = IMMUTABLE if immutable else REVALIDATE
 
     def render_GET(self, request: Request) -> bytes | int:
         stat = os.stat(self.path)
         tag = entity_tag(stat)
         request.setHeader(b"ETag", tag)
-        request.setHeader(b"Cache-Control", IMMUTABLE)
-        if _matches(request.getHeader(b"If-None-Match"), tag):
-            request.setResponseCode(http.NOT_MODIFIED)
-            request.setLastModified(stat.st_mtime)
-            return b""
+        request.setHeader(b"Cache-Control", self.cache_control)
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if not self.inline:
+            request.setHeader(b"Content-Disposition", b"attachment")
+        if_none_match = request.getHeader(b"If-None-Match")
+        if if_none_match:
+            if _matches(if_none_match, tag):
+                request.setResponseCode(http.NOT_MODIFIED)
+                request.setLastModified(stat.st_mtime)
+                return b""
+            # RFC 9110 §13.1.3: with If-None-Match present, If-Modified-Since is ignored.
+            request.requestHeaders.removeHeader(b"If-Modified-Since")
         result: bytes | int = super().render_GET(request)
         return result
 

@@ -61,8 +61,10 @@ class ImageServer(service.MultiService):
         self.admin_port.setServiceParent(self)
 
     def startService(self) -> None:
-        self.store.prepare()
+        # Ports first: a second server started by mistake on the same store fails to bind before
+        # it can empty the first one's tmp/.
         super().startService()
+        self.store.prepare()
 
     async def _stop(self) -> None:
         self.lifecycle.shutting_down = True

@@ -19,10 +19,7 @@ from imageserver.spool import Spool
 
 
 class SpoolingRequest(server.Request):
-    """A request whose body is a `Spool`; never parsed as a form, whatever its Content-Type."""
-
-    site: ImageSite
-    _parsePOSTFormSubmission = False
+    """A request whose body is a `Spool`."""
 
     def gotLength(self, length: int | None) -> None:
         """Headers are in: from here the request counts as in flight, body and all."""
@@ -51,7 +48,9 @@ class ImageSite(server.Site):
         max_body_bytes: int,
         reactor: IReactorTime,
     ) -> None:
-        super().__init__(resource, reactor=reactor)
+        # Never parse a body as a form: ``curl --data-binary`` labels images as form data, and
+        # parsing would read the whole upload into memory on the reactor.
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.spool_directory = spool_directory
         self.max_body_bytes = max_body_bytes
         self.in_flight = 0

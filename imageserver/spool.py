@@ -14,6 +14,9 @@ from typing import IO
 
 from imageserver.store import remove_quietly
 
+# The Go server refuses originals shorter than this as "File is empty".
+MINIMUM_IMAGE_BYTES = 10
+
 
 class Spool:
     """A temporary file that hashes what is written to it and stops storing past ``limit`` bytes."""

@@ -44,10 +44,9 @@ class LocalStore:
         return path
 
     def commit(self, temporary: str, relative: str) -> str:
-        """Rename a finished temporary file to its place, creating directories; return the path."""
+        """Rename a finished temporary file to its place; return the path."""
         destination = self.path(relative)
-        os.makedirs(os.path.dirname(destination), mode=DIRECTORY_MODE, exist_ok=True)
-        os.replace(temporary, destination)
+        move_into_place(temporary, destination)
         return destination
 
     def write(self, relative: str, data: bytes, mode: int = 0o644) -> str:
@@ -61,6 +60,12 @@ class LocalStore:
         except BaseException:
             remove_quietly(temporary)
             raise
+
+
+def move_into_place(temporary: str, destination: str) -> None:
+    """Rename a finished file to its final path (same filesystem), creating its directories."""
+    os.makedirs(os.path.dirname(destination), mode=DIRECTORY_MODE, exist_ok=True)
+    os.replace(temporary, destination)
 
 
 def remove_quietly(path: str) -> None:

@@ -20,7 +20,14 @@ from imageserver import mime, paths
 from imageserver.errors import ImageServerError, NotFound, Overloaded
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
-from imageserver.names import INFO_JSON, ORIGINAL, check_servable, split_outputs
+from imageserver.names import (
+    INFO_JSON,
+    ORIGINAL,
+    check_file_name,
+    check_servable,
+    is_generated,
+    split_outputs,
+)
 from imageserver.responses import CachedFile, error_body, json_body
 from imageserver.spool import Spool
 
@@ -29,7 +36,8 @@ log = Logger()
 IMAGE = "/<namespace>/<p1>/<p2>/<p3>/<p4>"
 # What an overloaded server tells clients to wait before trying again.
 RETRY_AFTER_SECONDS = 1
-ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+# As in the Go router, POST /status_check is an upload to the namespace "status_check".
+HEALTH_METHODS = ["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 class MainApp:
@@ -52,7 +60,7 @@ class MainApp:
     def resource(self) -> IResource:
         return self.app.resource()
 
-    @app.route("/status_check", methods=ANY_METHOD)
+    @app.route("/status_check", methods=HEALTH_METHODS)
     def status_check(self, request: IRequest) -> bytes:
         status, message = self.lifecycle.health()
         return json_body(request, status, {"message": message})
@@ -87,14 +95,20 @@ class MainApp:
 
     @app.route(IMAGE + "/<name>", methods=["GET", "HEAD"])
     async def fetch(self, request: IRequest, namespace: str, name: str, **parts: str) -> IResource:
+        """A stored file as it is; a missing variant made first.
+
+        Stored files are served before the name is judged, as the Go server's static handler does,
+        so files another version wrote (say ``x200-q0.jpg``) stay reachable.
+        """
         image_hash = _image_hash(namespace, parts)
         with self.images.metrics.latency.labels("resize_image").time():
-            variant = self.images.parse(name)
-            check_servable(variant, self.allowed_extensions)
+            check_file_name(name)
             path = self.images.local_file(namespace, image_hash, name)
             if path is None:
+                variant = self.images.parse(name)
+                check_servable(variant, self.allowed_extensions)
                 path = await self.images.variant(namespace, image_hash, variant)
-        return CachedFile(path, _content_type(name, path))
+        return CachedFile(path, _content_type(name, path), immutable=is_generated(name))
 
     @app.route(IMAGE + "/<name>", methods=["POST"])
     def attach(self, request: IRequest, namespace: str, name: str, **parts: str) -> bytes:

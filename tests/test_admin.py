@@ -52,6 +52,21 @@ class AdminTests(ServerTestCase):
         build = [key for key in samples if key[0] == "image_server_build_info"]
         self.assertEqual(dict(build[0][1])["version"], "0.1.0")
 
+    async def test_admin_unknown_route_is_json_404(self) -> None:
+        await self.start_server()
+        response = await request("GET", f"{self.admin_url}/nothing")
+        self.assert_error(response, 404, "404 page not found")
+
+    async def test_batches_of_unknown_images_add_no_series(self) -> None:
+        """Namespaces become labels only for images that exist."""
+        await self.start_server()
+        response = await request(
+            "POST", f"{self.url}/zzzz1/000/000/000/00000000000000000000000/process"
+        )
+        self.assert_error(response, 404, "image zzzz1/")
+        page = (await request("GET", f"{self.admin_url}/metrics")).body.decode()
+        self.assertNotIn("zzzz1", page)
+
     async def test_unknown_routes_are_json_404(self) -> None:
         await self.start_server()
         for method, path in [

@@ -57,6 +57,13 @@ class OptionTests(SynchronousTestCase):
         error = self.assertRaises(UsageError, parse, [], {"IMAGE_SERVER_PORT": "x"})
         self.assertIn("--port", str(error))
 
+    def test_default_outputs_are_checked_at_start(self) -> None:
+        error = self.assertRaises(UsageError, parse, ["--outputs", "w100.jpg,w0.jpg"])
+        self.assertEqual(str(error), "--outputs: w0.jpg: sizes start at 1 pixel")
+        self.assertEqual(
+            parse(["--outputs", "w100.jpg,x50.webp"]).outputs, ("w100.jpg", "x50.webp")
+        )
+
     def test_every_go_flag_is_accepted(self) -> None:
         """SPEC §11.5, Manta aside."""
         go_flags = [

@@ -77,3 +77,23 @@ class PoolTests(ServerTestCase):
         for width in (11, 12, 13):
             self.assertEqual((await self.variant(f"w{width}.jpg")).code, 200)
         await self.wait_for_workers(1, first)
+
+    async def test_client_that_gives_up_still_counts_until_its_job_ends(self) -> None:
+        """A disconnect cannot sneak jobs past --max-queue: the job runs on and counts."""
+        await self.start_server(max_queue=0)
+        await self.upload_wine()
+        pid = await self.stopped_worker()
+        impatient = self.variant("w60.jpg")
+        await sleep(0.2)
+        impatient.cancel()  # the client closes its connection
+        await sleep(0.2)
+        self.assertEqual(self.server.pool.in_flight, 1)
+        refused = await self.variant("w70.jpg")
+        self.assertEqual(refused.code, 503)
+        os.kill(pid, signal.SIGCONT)
+        for _ in range(100):
+            if self.server.pool.in_flight == 0:
+                break
+            await sleep(0.05)
+        self.assertEqual(self.server.pool.in_flight, 0)
+        self.assertTrue(os.path.isfile(self.local("p", WINE_DIR, "w60.jpg")))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from urllib.parse import quote
+
+from twisted.internet.defer import Deferred
 
 from imageserver.info import ImageDetails
 from tests.support import WINE_DIR, WINE_HASH, ServerTestCase, SourceServer, fixture, request
@@ -220,3 +223,93 @@ class SourceUploadTests(ServerTestCase):
         url = SourceServer(self).base + "/nothing"
         response = await self.upload(b"{}", query=f"?source={url}")
         self.assertIn("error", json.loads(response.body))
+
+
+class HostileUploadTests(ServerTestCase):
+    """Inputs found in review: each gets a JSON error, leaves nothing behind, and the server goes
+    on serving."""
+
+    async def test_malformed_multipart_body_is_just_bytes(self) -> None:
+        """Bodies are never parsed as forms (Twisted would answer a bare 400 to this one)."""
+        await self.start_server()
+        response = await request(
+            "POST",
+            f"{self.url}/p",
+            data=b"--xyz\r\nnot really multipart" * 10,
+            headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+        )
+        self.assert_error(response, 404, "ImageMagick failed to identify properties")
+        await self.assert_still_serving()
+
+    async def test_error_prefix_appears_once(self) -> None:
+        await self.start_server()
+        response = await self.upload(b"this is text, not an image at all")
+        message = response.json()["error"]
+        self.assertEqual(message.count("ImageMagick failed"), 1, message)
+
+    async def test_jpeg_truncated_in_its_pixels(self) -> None:
+        """A perfect header and half the scan data: refused on upload, not stored."""
+        await self.start_server()
+        await self.assert_refused(fixture("wine.jpg")[:30000], 404, "ImageMagick failed to")
+
+    async def test_tiny_body(self) -> None:
+        await self.start_server()
+        await self.assert_refused(b"\xff\xd8\xff", 404, "File is empty")
+
+    async def test_chunked_empty_body(self) -> None:
+        await self.start_server()
+        answer = await raw_exchange(
+            self.url,
+            b"POST /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 404"), answer)
+        self.assertIn(b'"error": "File is empty"', answer)
+        self.assert_no_partial_files()
+
+    async def test_malformed_source_urls(self) -> None:
+        await self.start_server()
+        for url in ("http://[::1/x.jpg", "http://127.0.0.1:99999/x.jpg", "http:///x.jpg"):
+            response = await self.upload(b"{}", query=f"?source={quote(url)}")
+            self.assert_error(response, 404, f"Unable to download image: {url}, ")
+            self.assertEqual(self.store_files(), [])
+            self.assert_no_partial_files()
+        await self.assert_still_serving()
+
+    async def test_long_names(self) -> None:
+        await self.start_server()
+        await self.assert_refused(
+            fixture("wine.jpg"), 400, "namespaces are at most 255", namespace="n" * 300
+        )
+        response = await request(
+            "POST", f"{self.url}/p/6e0/072/682/e66287b662827da75b244a3/{'a' * 300}.pdf", data=b"x"
+        )
+        self.assert_error(response, 400, "file names are at most 255 bytes")
+        self.assert_no_partial_files()
+
+    async def test_post_status_check_is_an_upload(self) -> None:
+        """As in the Go router, ``status_check`` is a namespace like any other for POST."""
+        await self.start_server()
+        response = await self.upload(fixture("wine.jpg"), namespace="status_check")
+        self.assertEqual(response.json()["hash"], WINE_HASH)
+
+
+async def raw_exchange(url: str, data: bytes) -> bytes:
+    """Send bytes as they are and read the whole answer (for requests treq cannot shape)."""
+    from twisted.internet import protocol, reactor
+
+    class Collect(protocol.Protocol):
+        def __init__(self) -> None:
+            self.received = b""
+            self.done: Deferred[bytes] = Deferred()
+
+        def dataReceived(self, chunk: bytes) -> None:
+            self.received += chunk
+
+        def connectionLost(self, reason: object = None) -> None:
+            self.done.callback(self.received)
+
+    port = int(url.rsplit(":", 1)[1])
+    client = await protocol.ClientCreator(reactor, Collect).connectTCP("127.0.0.1", port)
+    client.transport.write(data)
+    return await client.done

@@ -165,6 +165,15 @@ class CachingTests(ServerTestCase):
         self.assertEqual(head.body, b"")
         self.assertEqual(int(head.header("Content-Length")), len(self.first.body))
 
+    async def test_if_none_match_wins_over_if_modified_since(self) -> None:
+        url = await self.asyncSetUp()
+        since = self.first.header("Last-Modified")
+        both = await request(
+            "GET", url, headers={"If-None-Match": '"other"', "If-Modified-Since": since}
+        )
+        self.assertEqual(both.code, 200)
+        self.assertEqual(both.body, self.first.body)
+
     async def test_range(self) -> None:
         url = await self.asyncSetUp()
         part = await request("GET", url, headers={"Range": "bytes=10-19"})
@@ -235,3 +244,56 @@ class BadVariantTests(ServerTestCase):
         for path in ("/p/6E0/072/682/e66287b662827da75b244a3/w1.jpg", "/p/6e0/072/682/e6/w1.jpg"):
             response = await request("GET", self.url + path)
             self.assert_error(response, 404, "404 page not found")
+
+
+class StoredFileTests(ServerTestCase):
+    """Files in the store are served as they are, safely."""
+
+    async def test_files_written_by_the_go_server_stay_reachable(self) -> None:
+        """Names our grammar refuses (q0, over the maximum) are still served when present."""
+        await self.start_server()
+        await self.upload_wine()
+        for name in ("x200-q0.jpg", "w1600.jpg"):
+            with open(self.local("p", WINE_DIR, name), "wb") as stored:
+                stored.write(fixture("wine.jpg"))
+            response = await request("GET", f"{self.url}/p/{WINE_DIR}/{name}")
+            self.assertEqual((response.code, response.body), (200, fixture("wine.jpg")), name)
+
+    async def test_attachments_are_served_whatever_the_extension_list(self) -> None:
+        await self.start_server()
+        url = f"{self.url}/p/{WINE_DIR}/receipt.pdf"
+        await request("POST", url, data=b"%PDF-1.4 not really")
+        response = await request("GET", url)
+        self.assertEqual((response.code, response.header("Content-Type")), (200, "application/pdf"))
+        self.assertEqual(response.header("Cache-Control"), "public, no-cache")
+
+    async def test_active_content_is_a_download(self) -> None:
+        """An HTML or SVG attachment must not run in the image origin's context."""
+        await self.start_server(extensions=())
+        for name in ("page.html", "drawing.svg"):
+            url = f"{self.url}/p/{WINE_DIR}/{name}"
+            await request("POST", url, data=b"<script>alert(1)</script>")
+            response = await request("GET", url)
+            self.assertEqual(response.header("Content-Type"), "application/octet-stream", name)
+            self.assertEqual(response.header("Content-Disposition"), "attachment")
+            self.assertEqual(response.header("X-Content-Type-Options"), "nosniff")
+
+    async def test_derived_height_is_held_to_the_maximum(self) -> None:
+        """A 4x4000 source at w1000 would be 1000x1000000: refused, nothing written."""
+        from PIL import Image
+
+        await self.start_server()
+        tall = io.BytesIO()
+        Image.new("RGB", (4, 4000), "blue").save(tall, "PNG")
+        uploaded = await self.upload(tall.getvalue())
+        directory = partition(uploaded.json()["hash"])
+        response = await request("GET", f"{self.url}/p/{directory}/w1000.png")
+        self.assert_error(response, 400, "the variant would be 1000x1000000, over the maximum")
+        self.assertFalse(os.path.exists(self.local("p", directory, "w1000.png")))
+        self.assert_no_partial_files()
+
+    async def test_batch_refuses_unwritable_formats_like_get(self) -> None:
+        await self.start_server()
+        await self.upload_wine()
+        response = await request("POST", f"{self.url}/p/{WINE_DIR}/process?outputs=w100.bmp")
+        self.assert_error(response, 400, "w100.bmp: cannot write 'bmp'")

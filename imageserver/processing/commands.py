@@ -17,6 +17,7 @@ ERRORS: dict[type[Exception], bytes] = {
     errors.ImageTooLarge: b"IMAGE_TOO_LARGE",
     errors.ProcessingFailed: b"PROCESSING_FAILED",
     errors.UnsupportedFormat: b"UNSUPPORTED_FORMAT",
+    errors.InvalidParameter: b"INVALID_PARAMETER",
 }
 
 
@@ -44,6 +45,7 @@ class Render(amp.Command):
         (b"quality", amp.Integer()),
         (b"output_format", amp.Unicode()),
         (b"max_pixels", amp.Integer()),
+        (b"max_dimension", amp.Integer()),
     ]
     response = [(b"width", amp.Integer()), (b"height", amp.Integer())]
     errors = ERRORS

@@ -99,14 +99,16 @@ class _Header:
 
 
 def identify(path: str, max_pixels: int = 100_000_000) -> tuple[int, int, str]:
-    """(width, height, content_type) of an image, from its header only (no pixel is decoded).
+    """(width, height, content_type) of an image whose pixels all decode.
 
     The size is upright: swapped for EXIF orientations 5-8, the way every variant is drawn.  Raises
-    `UnreadableImage` for anything that is not a whitelisted format and `ImageTooLarge` when
-    width x height x frames is over `max_pixels` (0: no limit).
+    `UnreadableImage` for anything that is not a whitelisted format or does not decode to the end
+    (a truncated upload), and `ImageTooLarge` when width x height x frames is over `max_pixels`
+    (0: no limit) -- checked from the header, before any pixel is decoded.
     """
     header = _read_header(path)
     _check_pixels(header.width, header.height, header.frames, max_pixels)
+    _check_decodes(path, header)
     return header.width, header.height, header.content_type
 
 
@@ -118,12 +120,15 @@ def render(
     quality: int,
     output_format: str,
     max_pixels: int = 100_000_000,
+    max_dimension: int = 0,
 ) -> tuple[int, int]:
     """Write a variant of `source` to exactly `destination` and return its (frame) size.
 
     `width` and `height` both set: cover that box and crop the centre.  Only `width`: that width,
     height in proportion.  Neither: the source's size.  Sizes may enlarge.  `quality` 0 is the
     encoder's default.  Animated GIF/WebP stay animated when `output_format` is gif or webp.
+    The source and the output are both held to `max_pixels`, and the output's sides to
+    `max_dimension` (0: no limit), so a derived height cannot run away.
     On any failure `destination` does not exist afterwards.
     """
     save = _saver(output_format)  # refuse an unwritable format before decoding anything
@@ -131,6 +136,11 @@ def render(
     frames = header.frames if output_format in _ANIMATED_OUTPUTS else 1
     _check_pixels(header.width, header.height, frames, max_pixels)
     out_width, out_height = _output_size(header.width, header.height, width, height)
+    if max_dimension and max(out_width, out_height) > max_dimension:
+        raise errors.InvalidParameter(
+            f"the variant would be {out_width}x{out_height}, over the maximum of {max_dimension}"
+        )
+    _check_pixels(out_width, out_height, frames, max_pixels)
     scaled_width, scaled_height = _cover_size(header.width, header.height, out_width, out_height)
     try:
         with _vips_errors_as(errors.ProcessingFailed, source, destination):
@@ -174,6 +184,21 @@ def _read_header(path: str) -> _Header:
             has_icc=bool(image.get_typeof("icc-profile-data")),
             hevc=hevc,
         )
+
+
+def _check_decodes(path: str, header: _Header) -> None:
+    """Decode the whole file at the smallest scale its codec allows, to refuse truncated data.
+
+    A JPEG cut short in its scan data has a perfect header; without this it would be stored and
+    every variant of it would fail.  Shrink-on-load keeps the check cheap for JPEG and WebP.
+    """
+    with _vips_errors_as(errors.UnreadableImage, path):
+        if header.hevc:
+            _decode_hevc(path, 1, 1, failure=errors.UnreadableImage)
+            return
+        pyvips.Image.thumbnail_source(
+            pyvips.Source.new_from_file(path), 8, option_string="fail_on=error"
+        ).avg()
 
 
 def _check_pixels(width: int, height: int, frames: int, max_pixels: int) -> None:
@@ -227,7 +252,12 @@ def _thumbnail(path: str, width: int, height: int, frames: int, has_icc: bool) -
     )
 
 
-def _decode_hevc(path: str, width: int, height: int) -> pyvips.Image:
+def _decode_hevc(
+    path: str,
+    width: int,
+    height: int,
+    failure: Callable[[str], errors.ImageServerError] = errors.ProcessingFailed,
+) -> pyvips.Image:
     """Decode an HEVC HEIC with pi-heif and scale it to width x height.
 
     libheif has already applied the container's rotation and mirroring (irot/imir), so nothing is
@@ -243,10 +273,10 @@ def _decode_hevc(path: str, width: int, height: int) -> pyvips.Image:
         pixels, stride = heif.data, heif.stride
         icc = heif.info.get("icc_profile")
     except _HEIF_ERRORS as error:
-        raise errors.ProcessingFailed(f"HEIF decoding failed: {error}") from error
+        raise failure(f"HEIF decoding failed: {error}") from error
     bands = _HEIF_BANDS.get(mode)
     if bands is None:
-        raise errors.ProcessingFailed(f"HEIF pixel mode {mode} is not supported")
+        raise failure(f"HEIF pixel mode {mode} is not supported")
     row = source_width * bands
     if stride != row:  # libheif pads rows; libvips wants them packed
         pixels = b"".join(pixels[y * stride : y * stride + row] for y in range(source_height))

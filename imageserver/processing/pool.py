@@ -86,7 +86,12 @@ class WorkerPool(Service):
     def _warm(self) -> Deferred[None]:
         warming = [self._pool.doWork(commands.Warm) for _ in range(self.size)]
 
-        def _ready(_: object) -> None:
+        def _ready(results: list[tuple[bool, object]]) -> None:
+            failures = [result for succeeded, result in results if not succeeded]
+            if failures:
+                # A worker that cannot even load libvips: stay not-ready, so probes say so.
+                log.failure("the image workers failed to start", failures[0])  # type: ignore[arg-type]
+                return
             self.ready = True
             log.info("{size} image workers ready", size=self.size)
 
@@ -109,11 +114,39 @@ class WorkerPool(Service):
     def identify(self, path: str, max_pixels: int) -> Deferred[dict[str, Any]]:
         return self._submit(commands.Identify, path=path, max_pixels=max_pixels)
 
-    def render(self, **arguments: Any) -> Deferred[dict[str, Any]]:
-        """Run `commands.Render` with its arguments (paths and numbers)."""
-        return self._submit(commands.Render, **arguments)
+    def render(
+        self,
+        *,
+        source: str,
+        temporary: str,
+        destination: str,
+        width: int,
+        height: int,
+        quality: int,
+        output_format: str,
+        max_pixels: int,
+        max_dimension: int,
+    ) -> Deferred[dict[str, Any]]:
+        """Make a variant (`commands.Render`); fires with its width and height."""
+        return self._submit(
+            commands.Render,
+            source=source,
+            temporary=temporary,
+            destination=destination,
+            width=width,
+            height=height,
+            quality=quality,
+            output_format=output_format,
+            max_pixels=max_pixels,
+            max_dimension=max_dimension,
+        )
 
     def _submit(self, command: type[amp.Command], **arguments: Any) -> Deferred[dict[str, Any]]:
+        """Queue a job, or refuse it when the queue is full.
+
+        The caller gets a Deferred of its own: cancelling it (a client that went away) leaves the
+        job to finish in its worker, and the job counts against the queue until it has.
+        """
         if self._pool is None or self.in_flight >= self.size + self.max_queue:
             raise Overloaded("the image workers are busy; retry shortly")
         self.in_flight += 1
@@ -125,7 +158,9 @@ class WorkerPool(Service):
 
         job.addBoth(_done)
         job.addErrback(_worker_failure)
-        return job
+        mine: Deferred[dict[str, Any]] = Deferred()
+        job.chainDeferred(mine)
+        return mine
 
 
 def _worker_failure(reason: Failure) -> Failure:

@@ -6,12 +6,10 @@ and is killed and replaced by the pool when a job runs past its timeout.
 
 from __future__ import annotations
 
-import os
-
 from ampoule.child import AMPChild
 
 from imageserver.processing import commands, operations
-from imageserver.store import DIRECTORY_MODE, remove_quietly
+from imageserver.store import move_into_place, remove_quietly
 
 
 class Worker(AMPChild):
@@ -33,13 +31,20 @@ class Worker(AMPChild):
         quality: int,
         output_format: str,
         max_pixels: int,
+        max_dimension: int,
     ) -> dict[str, object]:
         try:
             out_width, out_height = operations.render(
-                source, temporary, width, height, quality, output_format, max_pixels
+                source,
+                temporary,
+                width,
+                height,
+                quality,
+                output_format,
+                max_pixels,
+                max_dimension,
             )
-            os.makedirs(os.path.dirname(destination), mode=DIRECTORY_MODE, exist_ok=True)
-            os.replace(temporary, destination)
+            move_into_place(temporary, destination)
         except BaseException:
             remove_quietly(temporary)
             raise
