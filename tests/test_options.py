@@ -141,6 +141,25 @@ class CommandLineTests(SynchronousTestCase):
         )
         self.assertEqual(split_command([]), (None, []))
 
+    def test_main_without_a_server(self) -> None:
+        """What ``image-server`` prints and returns for everything but a running server."""
+        import contextlib
+        import io
+
+        from imageserver.cli import main
+
+        for argv, code, stream, text in [
+            (["version"], 0, "out", "images version [0.1.0]"),
+            ([], 0, "out", "Usage: image-server COMMAND"),
+            (["--help"], 0, "out", "Usage: image-server COMMAND"),
+            (["nonsense"], 1, "err", "unknown command or flag: nonsense"),
+            (["server", "--port", "x"], 1, "err", "--port: expected a whole number"),
+        ]:
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                self.assertEqual(main(argv), code, argv)
+            self.assertIn(text, (out if stream == "out" else err).getvalue(), argv)
+
     def test_version(self) -> None:
         self.assertEqual(
             version_text(),

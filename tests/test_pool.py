@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.web.client import ResponseNeverReceived
 
 from tests.support import WINE_DIR, ServerTestCase, request, sleep
 
@@ -86,6 +87,7 @@ class PoolTests(ServerTestCase):
         impatient = self.variant("w60.jpg")
         await sleep(0.2)
         impatient.cancel()  # the client closes its connection
+        self.failureResultOf(impatient, ResponseNeverReceived, CancelledError)
         await sleep(0.2)
         self.assertEqual(self.server.pool.in_flight, 1)
         refused = await self.variant("w70.jpg")
