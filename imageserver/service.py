@@ -7,6 +7,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.application import internet, service
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
 from twisted.web.server import Site
 
@@ -20,6 +21,8 @@ from imageserver.processing.pool import WorkerPool
 from imageserver.site import ImageSite
 from imageserver.store import LocalStore
 from imageserver.web import MainApp
+
+log = Logger()
 
 # Redirects a source download may follow (DECISIONS D13).
 MAX_REDIRECTS = 5
@@ -65,6 +68,8 @@ class ImageServer(service.MultiService):
         # it can empty the first one's tmp/.
         super().startService()
         self.store.prepare()
+        if self.config.enable_statsd or self.config.webhook_url:
+            log.warn("not built yet: --enable_statsd and --webhook-url have no effect")
 
     async def _stop(self) -> None:
         self.lifecycle.shutting_down = True
