@@ -1,18 +1,21 @@
-"""What the server does with images, apart from HTTP: ingest originals, make and find variants.
+"""What the server does with images, apart from HTTP: ingest originals, find and make variants.
 
-The web app and the command line both call this; it calls the store, the worker pool and the
-downloader.  Concurrent requests for the same variant, or the same source URL, share one job.
+The web app (and later the command line) calls this; it calls the local store, the remote store
+(read-back), the uploader, the worker pool and the downloader.  Concurrent requests for the same
+variant, the same remote file or the same source URL share one job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imageserver import paths
+from imageserver import mime, paths
 from imageserver.coalesce import Coalescer
 from imageserver.errors import BodyTooLarge, EmptyFile, InvalidParameter, NotFound
 from imageserver.fetch import SourceDownloader
@@ -28,8 +31,13 @@ from imageserver.names import (
     parse_name,
 )
 from imageserver.processing.pool import WorkerPool
+from imageserver.remote import RemoteStore
+from imageserver.s3 import S3Error
 from imageserver.spool import MINIMUM_IMAGE_BYTES, Spool
 from imageserver.store import LocalStore, remove_quietly
+from imageserver.uploader import Uploads
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class ImageLimits:
 
 
 class Images:
-    """Originals in, variants out, all through the local store."""
+    """Originals in, variants out; the local store in front of an optional bucket."""
 
     def __init__(
         self,
@@ -49,19 +57,23 @@ class Images:
         downloader: SourceDownloader,
         metrics: Metrics,
         limits: ImageLimits,
+        uploads: Uploads,
+        remote: RemoteStore | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
         self.downloader = downloader
         self.metrics = metrics
         self.limits = limits
+        self.uploads = uploads
+        self.remote = remote
         self._variants: Coalescer[str] = Coalescer()
         self._sources: Coalescer[ImageDetails] = Coalescer()
 
     def parse(self, name: str) -> Variant:
         return parse_name(name, self.limits.default_quality, self.limits.maximum_width)
 
-    # Originals
+    # Originals and attachments
 
     async def ingest_body(self, namespace: str, spool: Spool | None) -> ImageDetails:
         """Store an uploaded body (None when it was empty) as an original."""
@@ -87,21 +99,24 @@ class Images:
         return shared
 
     async def _ingest(self, namespace: str, spool: Spool) -> ImageDetails:
+        """Identify, store locally, then store in the bucket before the client is answered."""
         path = spool.claim()
         try:
             found = await self.pool.identify(path, self.limits.max_source_pixels)
-            details = ImageDetails(
-                spool.hexdigest, found["height"], found["width"], found["content_type"]
-            )
-            self.store.commit(path, paths.relative_path(namespace, details.hash, ORIGINAL))
         except BaseException:
             remove_quietly(path)
             raise
+        details = ImageDetails(
+            spool.hexdigest, found["height"], found["width"], found["content_type"]
+        )
+        original = paths.relative_path(namespace, details.hash, ORIGINAL)
         info = paths.relative_path(namespace, details.hash, INFO_JSON)
+        self.store.commit(path, original)
         self.store.write(info, details.to_info_json())
+        await self.uploads.store_now([(original, details.content_type), (info, mime.JSON)])
         return details
 
-    def store_attachment(
+    async def store_attachment(
         self, namespace: str, image_hash: str, name: str, spool: Spool | None
     ) -> None:
         """Keep a client's file beside the image (SPEC §4.4), never over our own files."""
@@ -112,24 +127,30 @@ class Images:
         relative = paths.relative_path(namespace, image_hash, name)
         if spool is None:
             self.store.write(relative, b"")
-            return
-        _check_size(spool)
-        claimed = spool.claim()
-        try:
-            self.store.commit(claimed, relative)
-        except BaseException:
-            remove_quietly(claimed)
-            raise
+        else:
+            _check_size(spool)
+            self.store.commit(spool.claim(), relative)
+        await self.uploads.store_now([(relative, mime.for_name(name))])
+
+    async def find(self, namespace: str, image_hash: str, name: str) -> str | None:
+        """The local path of a stored file, read back from the bucket if need be."""
+        relative = paths.relative_path(namespace, image_hash, name)
+        if self.store.exists(relative):
+            return self.store.path(relative)
+        if self.remote is not None and await self.remote.fetch(relative):
+            return self.store.path(relative)
+        return None
 
     # Variants
 
-    def local_file(self, namespace: str, image_hash: str, name: str) -> str | None:
-        """The path of a stored file, if it is here."""
-        relative = paths.relative_path(namespace, image_hash, name)
-        return self.store.path(relative) if self.store.exists(relative) else None
+    def variant(
+        self, namespace: str, image_hash: str, variant: Variant, for_batch: bool = False
+    ) -> Deferred[str]:
+        """The path of a variant: local, else from the bucket, else made from the original.
 
-    def variant(self, namespace: str, image_hash: str, variant: Variant) -> Deferred[str]:
-        """The path of a variant, made from the original if it does not exist yet."""
+        A variant made for a GET is uploaded in the background; a batch (``for_batch``) has
+        already looked in the bucket and uploads what it made itself, before it answers.
+        """
         relative = paths.relative_path(namespace, image_hash, variant.name)
         labels = (namespace, variant.extension, str(variant.quality))
         if self.store.exists(relative):
@@ -138,26 +159,30 @@ class Images:
         output_format = variant.output_format
         if variant.name in RESERVED_NAMES or output_format is None:
             raise NotFound(f"{relative} does not exist")
-        source = paths.relative_path(namespace, image_hash, ORIGINAL)
-        if not self.store.exists(source):
-            raise NotFound(f"image {namespace}/{image_hash} does not exist")
 
-        def render() -> Deferred[str]:
-            return ensureDeferred(self._render(source, relative, variant, output_format, labels))
+        async def obtain() -> str:
+            if not for_batch and self.remote is not None and await self.remote.fetch(relative):
+                self.metrics.version_noop.labels(*labels).inc()
+                return self.store.path(relative)
+            await self._ensure_original(namespace, image_hash)
+            path = await self._render(relative, variant, output_format, labels)
+            if not for_batch:
+                self.uploads.store_later(relative, mime.for_name(variant.name))
+            return path
 
-        shared, started = self._variants.run(relative, render)
+        shared, started = self._variants.run(relative, lambda: ensureDeferred(obtain()))
         if not started:
             self.metrics.version_noop.labels(*labels).inc()
         return shared
 
+    async def _ensure_original(self, namespace: str, image_hash: str) -> None:
+        if await self.find(namespace, image_hash, ORIGINAL) is None:
+            raise NotFound(f"image {namespace}/{image_hash} does not exist")
+
     async def _render(
-        self,
-        source: str,
-        relative: str,
-        variant: Variant,
-        output_format: str,
-        labels: tuple[str, str, str],
+        self, relative: str, variant: Variant, output_format: str, labels: tuple[str, str, str]
     ) -> str:
+        source = relative.rpartition("/")[0] + "/" + ORIGINAL
         temporary = self.store.temporary_path(suffix="." + variant.extension)
         try:
             await self.pool.render(
@@ -178,31 +203,47 @@ class Images:
         self.metrics.version_ok.labels(*labels).inc()
         return self.store.path(relative)
 
-    async def make_outputs(self, namespace: str, image_hash: str, names: list[str]) -> None:
-        """Make every named variant, in parallel; fail with the first error once all are done."""
-        if not self.store.exists(paths.relative_path(namespace, image_hash, ORIGINAL)):
-            raise NotFound(f"image {namespace}/{image_hash} does not exist")
+    async def make_outputs(self, namespace: str, image_hash: str, names: Sequence[str]) -> None:
+        """Make every named variant the store lacks, in parallel, then store them in the bucket.
+
+        "Lacks" is judged by the bucket's listing when there is one (a file only local is
+        uploaded), else by the local store.  The first error is raised once all jobs are done.
+        """
+        await self._ensure_original(namespace, image_hash)
         variants = [self.parse(name) for name in names]
         for variant in variants:
             check_servable(variant, allowed_extensions=frozenset())
-        missing = [
-            variant
-            for variant in variants
-            if not self.store.exists(paths.relative_path(namespace, image_hash, variant.name))
-        ]
+        present = await self._present(namespace, image_hash)
+        missing = [variant for variant in variants if variant.name not in present]
         if not missing:
             self.metrics.versions_noop.labels(namespace).inc()
             return
         jobs: list[Deferred[Any]] = []
         for variant in missing:
             try:
-                jobs.append(self.variant(namespace, image_hash, variant))
+                jobs.append(self.variant(namespace, image_hash, variant, for_batch=True))
             except Exception:
                 jobs.append(fail(Failure()))
         results = await DeferredList(jobs, consumeErrors=True)
         for succeeded, result in results:
             if not succeeded:
                 result.raiseException()
+        relative = paths.image_directory(namespace, image_hash)
+        await self.uploads.store_now(
+            [(f"{relative}/{variant.name}", mime.for_name(variant.name)) for variant in missing]
+        )
+
+    async def _present(self, namespace: str, image_hash: str) -> set[str]:
+        """The names of an image's files in the bucket, or locally when there is no bucket."""
+        directory = paths.image_directory(namespace, image_hash)
+        if self.remote is None:
+            return self.store.files(directory)
+        try:
+            return await self.remote.names(directory)
+        except S3Error as error:
+            # Make what is asked for; the uploads wait in the journal until the bucket is back.
+            log.warn("cannot list {directory}: {error}", directory=directory, error=error)
+            return set()
 
 
 def _check_size(spool: Spool) -> None:

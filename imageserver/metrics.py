@@ -19,6 +19,8 @@ import imageserver
 # The Go client's default buckets, which the Go server's dashboards expect.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 VARIANT_LABELS = ("namespace", "format", "quality")
+# Uploads: a few ms for info.json on a LAN, up to minutes for a large original far away.
+UPLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 240)
 
 
 class Metrics:
@@ -69,6 +71,18 @@ class Metrics:
             ("namespace",),
             registry=registry,
         )
+        self.upload_seconds = Histogram(
+            "image_server_s3_upload_seconds",
+            "Time to upload one file to the bucket.",
+            buckets=UPLOAD_BUCKETS,
+            registry=registry,
+        )
+        self.upload_failures = Counter(
+            "image_server_s3_upload_failures",
+            "Uploads to the bucket that failed (and will be retried), by S3 error code.",
+            ("code",),
+            registry=registry,
+        )
         self.latency = Histogram(
             "image_server_request_latency_seconds",
             "Time spent in each handler.",
@@ -76,6 +90,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+
+    def watch_uploads(self, uploads: UploadState) -> None:
+        """Export how many uploads are waiting to be retried."""
+        self.registry.register(_UploadCollector(uploads))
 
     def watch_pool(self, pool: PoolState) -> None:
         """Export the worker pool's live state."""
@@ -93,6 +111,23 @@ class PoolState(Protocol):
 
     @property
     def queued(self) -> int: ...
+
+
+class UploadState(Protocol):
+    @property
+    def pending(self) -> int: ...
+
+
+class _UploadCollector(Collector):
+    def __init__(self, uploads: UploadState) -> None:
+        self.uploads = uploads
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield GaugeMetricFamily(
+            "image_server_s3_uploads_pending",
+            "Files written down for upload and not yet in the bucket.",
+            value=self.uploads.pending,
+        )
 
 
 class _PoolCollector(Collector):

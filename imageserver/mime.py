@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mimetypes
 
+JSON = "application/json"
+
 _BY_EXTENSION = {
     "jpg": "image/jpeg",
     "jpeg": "image/jpeg",
@@ -74,3 +76,13 @@ def sniff(prefix: bytes) -> str:
         if brand in _HEIF_BRANDS:
             return "image/heif"
     return "application/octet-stream"
+
+
+def content_type_of(name: str, path: str) -> str:
+    """The content type of a stored file: sniffed for ``original``, else by its name."""
+    if name == "original":
+        with open(path, "rb") as original:
+            return sniff(original.read(SNIFF_BYTES))
+    if name == "info.json":
+        return JSON
+    return for_name(name)

@@ -29,9 +29,10 @@ def _flag(
     help: str,
     *,
     check: Callable[[Any], str | None] | None = None,
-    short: str | None = None,
+    env: tuple[str, ...] = (),
 ) -> Any:
-    return field(default=default, metadata={"help": help, "check": check, "short": short})
+    """A flag: its default, help, validation, and environment variables besides our own."""
+    return field(default=default, metadata={"help": help, "check": check, "env": env})
 
 
 def _at_least(minimum: int) -> Callable[[int], str | None]:
@@ -63,13 +64,21 @@ class Config:
     )
     remote_base_url: str = _flag("", "Base URL of the remote store (read-back).")
     remote_base_path: str = _flag("", "Key prefix in the remote store.")
-    uploader: str = _flag("", "Remote store: s3, noop, or empty for automatic.")
+    uploader: str = _flag(
+        "", "Remote store: s3, noop, or empty for S3 exactly when a bucket is given."
+    )
     uploader_concurrency: int = _flag(10, "Uploads run at once.", check=_at_least(1))
     max_file_age: int = _flag(30, "Minutes a cached local file is kept (remote store only).")
-    aws_access_key_id: str = _flag("", "AWS access key id.")
-    aws_secret_key: str = _flag("", "AWS secret key.")
-    aws_bucket: str = _flag("", "S3 bucket.")
-    aws_region: str = _flag("", "S3 region.")
+    aws_access_key_id: str = _flag("", "AWS access key id (else the standard AWS chain).")
+    aws_secret_key: str = _flag("", "AWS secret key (with --aws_access_key_id).")
+    aws_bucket: str = _flag("", "S3 bucket.", env=("AWS_BUCKET",))
+    aws_region: str = _flag("", "S3 region.", env=("AWS_REGION", "AWS_DEFAULT_REGION"))
+    s3_endpoint: str = _flag(
+        "",
+        "S3-compatible endpoint URL (MinIO, R2...); empty for AWS.",
+        env=("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    )
+    s3_acl: str = _flag("", "Canned ACL for uploaded objects (e.g. public-read); empty for none.")
     maximum_width: int = _flag(
         1000, "Largest width or height of a variant; 0 for no limit.", check=_at_least(0)
     )
@@ -117,7 +126,8 @@ class Config:
     # Flags whose Go spelling uses dashes; every other flag is spelled with underscores.
     DASHED: ClassVar[frozenset[str]] = frozenset(
         {
-            "admin_port", "max_queue", "processing_timeout", "worker_max_jobs",
+            "admin_port", "s3_endpoint", "s3_acl", "max_queue", "processing_timeout",
+            "worker_max_jobs",
             "max_upload_bytes", "max_source_pixels", "require_signature",
             "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
             "webhook_url", "webhook_secret", "webhook_timeout", "webhook_events",
@@ -134,11 +144,11 @@ class Config:
 
     @property
     def effective_uploader(self) -> str:
-        """``s3`` or ``noop``: an explicit choice, else S3 when a bucket and a key are given."""
+        """``s3`` or ``noop``: an explicit choice, else S3 exactly when a bucket is given."""
         chosen = self.uploader.lower()
         if chosen in ("s3", "aws"):
             return "s3"
-        if chosen == "" and self.aws_bucket and self.aws_access_key_id:
+        if chosen == "" and self.aws_bucket:
             return "s3"
         return "noop"
 
@@ -220,12 +230,14 @@ class ServerOptions(usage.Options):
             raw = self.given.get(name)
             if raw is None and not isinstance(config_field.default, bool):
                 raw = self.opts.get(name)
-            if raw is None:
-                raw = self.environ.get(Config.env_name(name))
+            for variable in (Config.env_name(name), *config_field.metadata["env"]):
+                if raw is None:
+                    raw = self.environ.get(variable)
             if raw is not None:
                 values[name] = _convert(config_field, raw)
         self.config = Config(**values)
         _check_outputs(self.config)
+        _check_s3(self.config)
         _refuse_what_is_not_built(self.config)
 
 
@@ -239,13 +251,21 @@ def _check_outputs(config: Config) -> None:
 
 
 def _refuse_what_is_not_built(config: Config) -> None:
-    """Stop rather than run without a protection or a store the operator asked for.
+    """Stop rather than run without a protection the operator asked for.
 
-    Signatures and S3 are accepted as flags (the Go server's command lines must parse), but until
-    they are implemented a server started with them would silently be open or would keep images
-    only locally: both are worse than not starting.
+    Signatures are accepted as flags (the Go server's command lines must parse), but until they are
+    implemented a server started with them would silently be open: worse than not starting.
     """
     if config.require_signature or config.require_signature_for_reads:
         raise usage.UsageError("--require-signature: signed URLs are not supported yet")
-    if config.effective_uploader == "s3":
-        raise usage.UsageError("--uploader: the S3 store is not supported yet; use the local store")
+
+
+def _check_s3(config: Config) -> None:
+    if config.effective_uploader != "s3":
+        return
+    if not config.aws_bucket:
+        raise usage.UsageError("--aws_bucket: the S3 uploader needs a bucket")
+    if bool(config.aws_access_key_id) != bool(config.aws_secret_key):
+        raise usage.UsageError(
+            "--aws_access_key_id: give it with --aws_secret_key, or neither (the AWS chain)"
+        )

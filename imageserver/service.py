@@ -11,15 +11,20 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
 from twisted.web.server import Site
 
+from imageserver import collector
 from imageserver.admin import AdminApp
+from imageserver.collector import GarbageCollector
 from imageserver.fetch import SourceDownloader
 from imageserver.images import ImageLimits, Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.metrics import Metrics
 from imageserver.options import Config
 from imageserver.processing.pool import WorkerPool
+from imageserver.remote import RemoteStore
+from imageserver.s3 import Bucket, ChainCredentials, CredentialSource, S3Client, StaticCredentials
 from imageserver.site import ImageSite
 from imageserver.store import LocalStore
+from imageserver.uploader import NoUploads, Uploader
 from imageserver.web import MainApp
 
 log = Logger()
@@ -31,13 +36,20 @@ DRAIN_SECONDS = 30.0
 
 
 class ImageServer(service.MultiService):
-    """The server: worker pool, main site and admin site, started and stopped in that order."""
+    """The server: worker pool, uploads, collector, main site and admin site.
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    Started in that order and stopped in the reverse one, so requests drain before the uploads
+    and the workers they need stop.
+    """
+
+    def __init__(
+        self, config: Config, reactor: Any, gc_interval: float = collector.INTERVAL
+    ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.store = LocalStore(config.local_base_path)
+        self.metrics = Metrics()
         self.pool = WorkerPool(
             size=config.processor_concurrency,
             max_queue=config.max_queue,
@@ -45,16 +57,39 @@ class ImageServer(service.MultiService):
             max_jobs=config.worker_max_jobs,
         )
         self.pool.setServiceParent(self)
-        self.metrics = Metrics()
         self.metrics.watch_pool(self.pool)
-        self.lifecycle = Lifecycle(lambda: self.pool.ready)
         self.http_pool = HTTPConnectionPool(reactor)
-        http = HTTPClient(RedirectAgent(Agent(reactor, pool=self.http_pool), MAX_REDIRECTS))
+        agent = Agent(reactor, pool=self.http_pool)
+
+        self.remote: RemoteStore | None = None
+        self.uploads: Uploader | NoUploads = NoUploads()
+        if config.effective_uploader == "s3":
+            bucket = Bucket(config.aws_bucket, config.aws_region, config.s3_endpoint)
+            client = S3Client(HTTPClient(agent), bucket, _credentials(config), config.s3_acl)
+            self.remote = RemoteStore(client, config.remote_base_path, self.store)
+            self.uploads = Uploader(
+                self.remote, self.store, self.metrics, reactor, config.uploader_concurrency
+            )
+            self.metrics.watch_uploads(self.uploads)
+        self.uploads.setServiceParent(self)
+        if self.remote is not None:
+            GarbageCollector(
+                self.store, self.remote, self.uploads, config.max_file_age, reactor, gc_interval
+            ).setServiceParent(self)
+        remote = self.remote
+        self.lifecycle = Lifecycle(lambda: self.pool.ready and (remote is None or remote.reachable))
+
         downloader = SourceDownloader(
-            http, reactor, self.store.tmp, config.http_timeout, config.max_upload_bytes
+            HTTPClient(RedirectAgent(agent, MAX_REDIRECTS)),
+            reactor,
+            self.store.tmp,
+            config.http_timeout,
+            config.max_upload_bytes,
         )
         limits = ImageLimits(config.default_quality, config.maximum_width, config.max_source_pixels)
-        self.images = Images(self.store, self.pool, downloader, self.metrics, limits)
+        self.images = Images(
+            self.store, self.pool, downloader, self.metrics, limits, self.uploads, self.remote
+        )
         main = MainApp(self.images, self.lifecycle, frozenset(config.extensions), config.outputs)
         self.site = ImageSite(main.resource(), self.store.tmp, config.max_upload_bytes, reactor)
         self.main_port = internet.TCPServer(config.port, self.site, interface=config.listen)
@@ -68,6 +103,8 @@ class ImageServer(service.MultiService):
         # it can empty the first one's tmp/.
         super().startService()
         self.store.prepare()
+        if self.remote is not None:
+            self.remote.start_checking()
         if self.config.enable_statsd or self.config.webhook_url:
             log.warn("not built yet: --enable_statsd and --webhook-url have no effect")
 
@@ -78,8 +115,17 @@ class ImageServer(service.MultiService):
         idle.addTimeout(DRAIN_SECONDS, self.reactor)
         idle.addErrback(lambda _: None)
         await idle
+        if self.remote is not None:
+            self.remote.stop_checking()
         await super().stopService()
         await self.http_pool.closeCachedConnections()
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
+
+
+def _credentials(config: Config) -> CredentialSource:
+    """The flags' keys when given, else the standard AWS chain."""
+    if config.aws_access_key_id:
+        return StaticCredentials(config.aws_access_key_id, config.aws_secret_key)
+    return ChainCredentials()

@@ -37,6 +37,15 @@ class LocalStore:
     def exists(self, relative: str) -> bool:
         return os.path.isfile(self.path(relative))
 
+    def files(self, directory: str) -> set[str]:
+        """The names of the files in a relative directory (none if it does not exist)."""
+        try:
+            entries = os.scandir(self.path(directory))
+        except FileNotFoundError:
+            return set()
+        with entries:
+            return {entry.name for entry in entries if entry.is_file()}
+
     def temporary_path(self, suffix: str = "") -> str:
         """A fresh name in ``tmp/`` for a file about to be written and renamed into place."""
         fd, path = tempfile.mkstemp(dir=self.tmp, prefix="part-", suffix=suffix)
@@ -44,9 +53,16 @@ class LocalStore:
         return path
 
     def commit(self, temporary: str, relative: str) -> str:
-        """Rename a finished temporary file to its place; return the path."""
+        """Rename a finished temporary file to its place; return the path.
+
+        The temporary file is gone afterwards either way: renamed, or removed on failure.
+        """
         destination = self.path(relative)
-        move_into_place(temporary, destination)
+        try:
+            move_into_place(temporary, destination)
+        except BaseException:
+            remove_quietly(temporary)
+            raise
         return destination
 
     def write(self, relative: str, data: bytes, mode: int = 0o644) -> str:
@@ -56,10 +72,10 @@ class LocalStore:
             with open(temporary, "wb") as out:
                 out.write(data)
             os.chmod(temporary, mode)
-            return self.commit(temporary, relative)
         except BaseException:
             remove_quietly(temporary)
             raise
+        return self.commit(temporary, relative)
 
 
 def move_into_place(temporary: str, destination: str) -> None:

@@ -21,8 +21,6 @@ from imageserver.errors import ImageServerError, NotFound, Overloaded
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.names import (
-    INFO_JSON,
-    ORIGINAL,
     check_file_name,
     check_servable,
     is_generated,
@@ -103,18 +101,18 @@ class MainApp:
         image_hash = _image_hash(namespace, parts)
         with self.images.metrics.latency.labels("resize_image").time():
             check_file_name(name)
-            path = self.images.local_file(namespace, image_hash, name)
+            path = await self.images.find(namespace, image_hash, name)
             if path is None:
                 variant = self.images.parse(name)
                 check_servable(variant, self.allowed_extensions)
                 path = await self.images.variant(namespace, image_hash, variant)
-        return CachedFile(path, _content_type(name, path), immutable=is_generated(name))
+        return CachedFile(path, mime.content_type_of(name, path), immutable=is_generated(name))
 
     @app.route(IMAGE + "/<name>", methods=["POST"])
-    def attach(self, request: IRequest, namespace: str, name: str, **parts: str) -> bytes:
+    async def attach(self, request: IRequest, namespace: str, name: str, **parts: str) -> bytes:
         image_hash = _image_hash(namespace, parts)
         with self.images.metrics.latency.labels("new_file").time():
-            self.images.store_attachment(namespace, image_hash, name, _body(request))
+            await self.images.store_attachment(namespace, image_hash, name, _body(request))
         return json_body(request, 200, {})
 
     @app.handle_errors(ImageServerError)
@@ -159,12 +157,3 @@ def _body(request: Any) -> Spool | None:
     """The spooled body, or None for an empty one (which Twisted keeps in memory)."""
     content = request.content
     return content if isinstance(content, Spool) else None
-
-
-def _content_type(name: str, path: str) -> str:
-    if name == ORIGINAL:
-        with open(path, "rb") as original:
-            return mime.sniff(original.read(mime.SNIFF_BYTES))
-    if name == INFO_JSON:
-        return "application/json"
-    return mime.for_name(name)

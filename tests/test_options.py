@@ -106,23 +106,33 @@ class OptionTests(SynchronousTestCase):
             self.assertEqual(Config.flag_name(flag.replace("-", "_")), flag)
 
     def test_uploader_choice(self) -> None:
-        self.assertEqual(Config(uploader="AWS").effective_uploader, "s3")
-        self.assertEqual(Config(aws_bucket="b", aws_access_key_id="k").effective_uploader, "s3")
-        self.assertEqual(
-            parse(
-                ["--uploader", "noop", "--aws_bucket", "b", "--aws_access_key_id", "k"]
-            ).effective_uploader,
-            "noop",
-        )
+        self.assertEqual(Config(uploader="AWS", aws_bucket="b").effective_uploader, "s3")
+        self.assertEqual(Config(aws_bucket="b").effective_uploader, "s3")
+        self.assertEqual(Config(aws_access_key_id="k").effective_uploader, "noop")
+        self.assertEqual(Config(uploader="noop", aws_bucket="b").effective_uploader, "noop")
 
-    def test_features_not_built_yet_refuse_to_start(self) -> None:
-        """A server asked for signatures or S3 must not quietly run open or local-only."""
-        for args in (
-            ["--require-signature"],
-            ["--require-signature-for-reads=true"],
-            ["--uploader", "s3"],
-            ["--aws_bucket", "b", "--aws_access_key_id", "k"],
-        ):
+    def test_s3_settings_are_checked(self) -> None:
+        for args, message in [
+            (["--uploader", "s3"], "--aws_bucket: the S3 uploader needs a bucket"),
+            (["--aws_bucket", "b", "--aws_access_key_id", "k"], "--aws_access_key_id: give it"),
+        ]:
+            error = self.assertRaises(UsageError, parse, args)
+            self.assertTrue(str(error).startswith(message), str(error))
+
+    def test_aws_environment_variables(self) -> None:
+        config = parse(
+            ["--aws_bucket", "b"],
+            {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000", "AWS_REGION": "eu-west-1"},
+        )
+        self.assertEqual(
+            (config.s3_endpoint, config.aws_region), ("http://127.0.0.1:9000", "eu-west-1")
+        )
+        both = {"IMAGE_SERVER_S3_ENDPOINT": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"}
+        self.assertEqual(parse([], both).s3_endpoint, "http://a")
+
+    def test_signatures_refuse_to_start_until_built(self) -> None:
+        """A server asked for signatures must not quietly run open."""
+        for args in (["--require-signature"], ["--require-signature-for-reads=true"]):
             self.assertRaises(UsageError, parse, args)
 
 

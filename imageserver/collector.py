@@ -1,0 +1,114 @@
+"""The garbage collector of the local cache (DECISIONS D7, SPEC §10).
+
+With a remote store, local files are a cache: a file older than ``--max_file_age`` is deleted once
+the bucket is known to hold it (one listing per image directory, at deletion time) and no upload of
+it is pending.  An old file the bucket lacks is queued for upload instead.  Empty directories go
+too.  With no remote store there is no collector at all: the local store is the only copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import defaultdict
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from imageserver import mime
+from imageserver.remote import RemoteStore
+from imageserver.s3 import S3Error
+from imageserver.store import LocalStore, remove_quietly
+from imageserver.uploader import Uploads
+
+log = Logger()
+
+# The Go server's tick.
+INTERVAL = 120.0
+
+
+class GarbageCollector(Service):
+    """Every ``interval`` seconds, deletes local files that are old and safely in the bucket."""
+
+    def __init__(
+        self,
+        store: LocalStore,
+        remote: RemoteStore,
+        uploads: Uploads,
+        max_age_minutes: int,
+        reactor: IReactorTime,
+        interval: float = INTERVAL,
+    ) -> None:
+        self.store = store
+        self.remote = remote
+        self.uploads = uploads
+        self.max_age = max(1, max_age_minutes) * 60.0  # Go: <= 0 means one minute
+        self.reactor = reactor
+        self.interval = interval
+        self._loop = LoopingCall(lambda: ensureDeferred(self.collect()))
+        self._loop.clock = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return None
+
+    async def collect(self) -> int:
+        """One pass; returns how many files it deleted."""
+        cutoff = self.reactor.seconds() - self.max_age
+        old, empty = await deferToThread(_scan, self.store.base, cutoff)
+        deleted = 0
+        for directory, names in old.items():
+            try:
+                in_bucket = await self.remote.names(directory)
+            except S3Error as error:
+                log.warn("not collecting {directory}: {error}", directory=directory, error=error)
+                continue
+            for name in names:
+                relative = f"{directory}/{name}"
+                if self.uploads.is_pending(relative):
+                    continue
+                if name in in_bucket:
+                    remove_quietly(self.store.path(relative))
+                    deleted += 1
+                else:
+                    content_type = mime.content_type_of(name, self.store.path(relative))
+                    self.uploads.store_later(relative, content_type)
+        for directory in empty:
+            with contextlib.suppress(OSError):  # no longer empty, or already gone
+                os.rmdir(self.store.path(directory))
+        if deleted:
+            log.info("collected {deleted} cached files", deleted=deleted)
+        return deleted
+
+
+def _scan(base: str, cutoff: float) -> tuple[dict[str, list[str]], list[str]]:
+    """Files last changed before ``cutoff`` by directory, and empty directories (in a thread).
+
+    ``tmp/`` and hidden directories (the upload journal) are not the cache and are skipped.
+    """
+    old: dict[str, list[str]] = defaultdict(list)
+    empty: list[str] = []
+    for directory, subdirectories, files in os.walk(base):
+        relative = os.path.relpath(directory, base)
+        if relative == ".":
+            subdirectories[:] = [d for d in subdirectories if d != "tmp" and not d.startswith(".")]
+            continue
+        if not subdirectories and not files:
+            empty.append(relative)
+        for name in files:
+            try:
+                if os.stat(os.path.join(directory, name)).st_mtime < cutoff:
+                    old[relative].append(name)
+            except FileNotFoundError:
+                pass
+    return old, empty

@@ -1,0 +1,85 @@
+"""The remote store: the S3 client seen through the storage layout (SPEC §1, DECISIONS D8).
+
+Keys are ``remote_base_path`` joined to the same relative paths as the local store, so a bucket
+written by the Go server reads here and the other way round.  Reading back is coalesced: many
+requests for one missing file make one GET.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from imageserver import paths
+from imageserver.coalesce import Coalescer
+from imageserver.s3 import S3Client, S3Error
+from imageserver.spool import Spool
+from imageserver.store import LocalStore
+
+log = Logger()
+
+# Read-backs are not size-limited by the upload limit: what is in the bucket was accepted once.
+READ_BACK_LIMIT = 2**40
+# Seconds between checks that the bucket answers (for /probe/ready).
+CHECK_INTERVAL = 10.0
+
+
+class RemoteStore:
+    """Files of the local layout, kept in a bucket."""
+
+    def __init__(self, client: S3Client, base_path: str, store: LocalStore) -> None:
+        self.client = client
+        self.base_path = base_path
+        self.store = store
+        self.reachable = False
+        self._reads: Coalescer[bool] = Coalescer()
+        self._checker = LoopingCall(lambda: ensureDeferred(self.check()))
+
+    def key(self, relative: str) -> str:
+        return paths.remote_key(self.base_path, relative)
+
+    def start_checking(self, interval: float = CHECK_INTERVAL) -> None:
+        self._checker.start(interval, now=True)
+
+    def stop_checking(self) -> None:
+        if self._checker.running:
+            self._checker.stop()
+
+    async def check(self) -> None:
+        """Note whether the bucket answers; log when that changes."""
+        try:
+            await self.client.check()
+        except S3Error as error:
+            if self.reachable or not self._checker.running:
+                log.error("the bucket cannot be reached: {error}", error=error)
+            self.reachable = False
+        else:
+            if not self.reachable:
+                log.info("the bucket {bucket} answers", bucket=self.client.bucket.name)
+            self.reachable = True
+
+    def fetch(self, relative: str) -> Deferred[bool]:
+        """Copy a file from the bucket into the local store; False when the bucket lacks it."""
+        shared, _ = self._reads.run(relative, lambda: ensureDeferred(self._fetch(relative)))
+        return shared
+
+    async def _fetch(self, relative: str) -> bool:
+        spool = Spool(self.store.tmp, READ_BACK_LIMIT)
+        try:
+            if not await self.client.get_into(self.key(relative), spool):
+                return False
+            self.store.commit(spool.claim(), relative)
+            return True
+        finally:
+            spool.close()
+
+    async def put(self, relative: str, content_type: str) -> None:
+        await self.client.put_file(self.key(relative), self.store.path(relative), content_type)
+
+    async def names(self, directory: str) -> set[str]:
+        """The file names the bucket holds in one image directory."""
+        keys = await self.client.list_keys(self.key(directory) + "/")
+        return {posixpath.basename(key) for key in keys}

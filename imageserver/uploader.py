@@ -1,0 +1,197 @@
+"""Puts stored files into the remote store, and never drops one (DECISIONS D8, D10).
+
+Every file to upload is first written down in ``.pending/`` beside the store (a small JSON
+marker per file), and crossed off only once the bucket has it.  A failed upload is retried with
+backoff, in the background, for as long as the server runs, and again after a restart: the markers
+are read back at start-up.  The garbage collector keeps any file that still has a marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from imageserver.metrics import Metrics
+from imageserver.remote import RemoteStore
+from imageserver.s3 import S3Error
+from imageserver.store import DIRECTORY_MODE, LocalStore, remove_quietly
+
+log = Logger()
+
+PENDING_DIRECTORY = ".pending"
+# Seconds between the tries of one upload: quick ones while a client waits, then slower, for ever.
+QUICK_RETRIES = (1.0, 4.0)
+BACKGROUND_DELAYS = (1.0, 4.0, 15.0, 60.0, 300.0)
+
+
+class Uploads(Protocol):
+    """What the rest of the server asks of an uploader (`Uploader`, or `NoUploads` without S3)."""
+
+    def store_now(self, files: Sequence[tuple[str, str]]) -> Deferred[None]: ...
+
+    def store_later(self, relative: str, content_type: str) -> None: ...
+
+    def is_pending(self, relative: str) -> bool: ...
+
+
+class NoUploads(Service):
+    """No remote store: the local store is the only one, and nothing is uploaded."""
+
+    def store_now(self, files: Sequence[tuple[str, str]]) -> Deferred[None]:
+        return Deferred.fromCoroutine(_nothing())
+
+    def store_later(self, relative: str, content_type: str) -> None:
+        pass
+
+    def is_pending(self, relative: str) -> bool:
+        return False
+
+
+async def _nothing() -> None:
+    return None
+
+
+class Uploader(Service):
+    """Uploads with a journal, retries and a bound on how many run at once."""
+
+    def __init__(
+        self,
+        remote: RemoteStore,
+        store: LocalStore,
+        metrics: Metrics,
+        reactor: IReactorTime,
+        concurrency: int,
+        quick_retries: Sequence[float] = QUICK_RETRIES,
+        background_delays: Sequence[float] = BACKGROUND_DELAYS,
+    ) -> None:
+        self.remote = remote
+        self.store = store
+        self.metrics = metrics
+        self.reactor = reactor
+        self.quick_retries = quick_retries
+        self.background_delays = background_delays
+        self.journal = os.path.join(store.base, PENDING_DIRECTORY)
+        self._slots = DeferredSemaphore(concurrency)
+        self._background: dict[str, Deferred[None]] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        os.makedirs(self.journal, mode=DIRECTORY_MODE, exist_ok=True)
+        for relative, content_type in self._journal_entries():
+            self._retry_in_background(relative, content_type)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop retrying; what is still pending stays in the journal for the next start."""
+        super().stopService()
+        running = list(self._background.values())
+        for upload in running:
+            upload.cancel()
+        return DeferredList(running, consumeErrors=True).addCallback(lambda _: None)
+
+    @property
+    def pending(self) -> int:
+        return len(os.listdir(self.journal)) if os.path.isdir(self.journal) else 0
+
+    def is_pending(self, relative: str) -> bool:
+        return os.path.exists(self._marker(relative))
+
+    def store_now(self, files: Sequence[tuple[str, str]]) -> Deferred[None]:
+        """Upload ``(relative, content_type)`` files while a client waits.
+
+        A few quick tries each; a file that still fails stays in the journal and goes on being
+        retried in the background, so the caller is never failed by the bucket: its files are
+        safe on local disk until they are uploaded.
+        """
+        for relative, content_type in files:
+            self._write_marker(relative, content_type)
+        uploads = [ensureDeferred(self._upload_now(*file)) for file in files]
+        return DeferredList(uploads, consumeErrors=True).addCallback(lambda _: None)
+
+    def store_later(self, relative: str, content_type: str) -> None:
+        """Upload in the background (a variant made by a GET)."""
+        self._write_marker(relative, content_type)
+        self._retry_in_background(relative, content_type, first_delay=0.0)
+
+    async def _upload_now(self, relative: str, content_type: str) -> None:
+        delays = (0.0, *self.quick_retries)
+        for attempt, delay in enumerate(delays, start=1):
+            if delay:
+                await deferLater(self.reactor, delay, lambda: None)
+            if await self._try(relative, content_type, last=attempt == len(delays)):
+                return
+        self._retry_in_background(relative, content_type)
+
+    def _retry_in_background(
+        self, relative: str, content_type: str, first_delay: float | None = None
+    ) -> None:
+        if relative in self._background or not self.running:
+            return
+        upload = ensureDeferred(self._keep_trying(relative, content_type, first_delay))
+        self._background[relative] = upload
+        upload.addBoth(lambda _: self._background.pop(relative, None))
+
+    async def _keep_trying(
+        self, relative: str, content_type: str, first_delay: float | None
+    ) -> None:
+        delays = iter(self.background_delays)
+        longest = self.background_delays[-1]
+        delay = next(delays) if first_delay is None else first_delay
+        while self.running:
+            await deferLater(self.reactor, delay, lambda: None)
+            if await self._try(relative, content_type, last=True):
+                return
+            delay = next(delays, longest)
+
+    async def _try(self, relative: str, content_type: str, last: bool) -> bool:
+        """One upload; True once the file is in the bucket (or gone from here)."""
+        if not os.path.exists(self.store.path(relative)):
+            self._cross_off(relative)  # deleted or never written: nothing to keep
+            return True
+        try:
+            with self.metrics.upload_seconds.time():
+                await self._slots.run(
+                    lambda: ensureDeferred(self.remote.put(relative, content_type))
+                )
+        except S3Error as error:
+            self.metrics.upload_failures.labels(error.code).inc()
+            if last:
+                log.warn(
+                    "upload of {relative} failed, will retry: {error}",
+                    relative=relative,
+                    error=error,
+                )
+            return False
+        self._cross_off(relative)
+        return True
+
+    def _marker(self, relative: str) -> str:
+        return os.path.join(self.journal, hashlib.md5(relative.encode()).hexdigest() + ".json")
+
+    def _write_marker(self, relative: str, content_type: str) -> None:
+        temporary = self.store.temporary_path()
+        with open(temporary, "w") as marker:
+            json.dump({"relative": relative, "content_type": content_type}, marker)
+        os.replace(temporary, self._marker(relative))
+
+    def _cross_off(self, relative: str) -> None:
+        remove_quietly(self._marker(relative))
+
+    def _journal_entries(self) -> Iterable[tuple[str, str]]:
+        for name in sorted(os.listdir(self.journal)):
+            path = os.path.join(self.journal, name)
+            try:
+                with open(path) as marker:
+                    entry = json.load(marker)
+                yield str(entry["relative"]), str(entry["content_type"])
+            except (OSError, ValueError, KeyError):
+                log.warn("dropping an unreadable upload marker {path}", path=path)
+                remove_quietly(path)
