@@ -65,7 +65,7 @@ class GarbageCollector(Service):
     async def collect(self) -> int:
         """One pass; returns how many files it deleted."""
         cutoff = self.reactor.seconds() - self.max_age
-        old, empty = await deferToThread(_scan, self.store.base, cutoff)
+        old, directories = await deferToThread(_scan, self.store.base, cutoff)
         deleted = 0
         for directory, names in old.items():
             try:
@@ -83,32 +83,43 @@ class GarbageCollector(Service):
                 else:
                     content_type = mime.content_type_of(name, self.store.path(relative))
                     self.uploads.store_later(relative, content_type)
-        for directory in empty:
-            with contextlib.suppress(OSError):  # no longer empty, or already gone
-                os.rmdir(self.store.path(directory))
+        await deferToThread(_remove_empty, self.store.base, directories)
         if deleted:
             log.info("collected {deleted} cached files", deleted=deleted)
         return deleted
 
 
 def _scan(base: str, cutoff: float) -> tuple[dict[str, list[str]], list[str]]:
-    """Files last changed before ``cutoff`` by directory, and empty directories (in a thread).
+    """Files last changed before ``cutoff`` by directory, and directories unchanged since then,
+    parents first (in a thread).
 
     ``tmp/`` and hidden directories (the upload journal) are not the cache and are skipped.
     """
     old: dict[str, list[str]] = defaultdict(list)
-    empty: list[str] = []
+    quiet: list[str] = []
     for directory, subdirectories, files in os.walk(base):
         relative = os.path.relpath(directory, base)
         if relative == ".":
             subdirectories[:] = [d for d in subdirectories if d != "tmp" and not d.startswith(".")]
             continue
-        if not subdirectories and not files:
-            empty.append(relative)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(directory).st_mtime < cutoff:
+                quiet.append(relative)
         for name in files:
             try:
                 if os.stat(os.path.join(directory, name)).st_mtime < cutoff:
                     old[relative].append(name)
             except FileNotFoundError:
                 pass
-    return old, empty
+    return old, quiet
+
+
+def _remove_empty(base: str, directories: list[str]) -> None:
+    """Remove those of ``directories`` that are empty now, children before parents.
+
+    Only directories nobody wrote to for ``max_file_age`` are candidates, so one that a request is
+    filling right now is left alone (and ``rmdir`` never removes a directory with anything in it).
+    """
+    for directory in reversed(directories):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(base, directory))

@@ -103,6 +103,13 @@ class BodyTooLarge(ImageServerError):
     code = "body_too_large"
 
 
+class StorageUnavailable(ImageServerError):
+    """A file is not here and the bucket that has it cannot be reached."""
+
+    status = 503
+    code = "storage_unavailable"
+
+
 class Overloaded(ImageServerError):
     """The processing queue is full; the client should retry later."""
 

@@ -17,7 +17,13 @@ from twisted.python.failure import Failure
 
 from imageserver import mime, paths
 from imageserver.coalesce import Coalescer
-from imageserver.errors import BodyTooLarge, EmptyFile, InvalidParameter, NotFound
+from imageserver.errors import (
+    BodyTooLarge,
+    EmptyFile,
+    InvalidParameter,
+    NotFound,
+    StorageUnavailable,
+)
 from imageserver.fetch import SourceDownloader
 from imageserver.info import ImageDetails
 from imageserver.metrics import Metrics
@@ -134,12 +140,18 @@ class Images:
 
     async def find(self, namespace: str, image_hash: str, name: str) -> str | None:
         """The local path of a stored file, read back from the bucket if need be."""
-        relative = paths.relative_path(namespace, image_hash, name)
+        return await self.find_relative(paths.relative_path(namespace, image_hash, name))
+
+    async def find_relative(self, relative: str) -> str | None:
         if self.store.exists(relative):
             return self.store.path(relative)
-        if self.remote is not None and await self.remote.fetch(relative):
-            return self.store.path(relative)
-        return None
+        if self.remote is None:
+            return None
+        try:
+            found = await self.remote.fetch(relative)
+        except S3Error as error:
+            raise StorageUnavailable(f"{relative} is not here and {error}") from error
+        return self.store.path(relative) if found else None
 
     # Variants
 
@@ -161,7 +173,7 @@ class Images:
             raise NotFound(f"{relative} does not exist")
 
         async def obtain() -> str:
-            if not for_batch and self.remote is not None and await self.remote.fetch(relative):
+            if not for_batch and await self._read_back(relative):
                 self.metrics.version_noop.labels(*labels).inc()
                 return self.store.path(relative)
             await self._ensure_original(namespace, image_hash)
@@ -174,6 +186,18 @@ class Images:
         if not started:
             self.metrics.version_noop.labels(*labels).inc()
         return shared
+
+    async def _read_back(self, relative: str) -> bool:
+        """Whether a variant could be read back; with the bucket out of reach, make it here."""
+        try:
+            return await self.find_relative(relative) is not None
+        except StorageUnavailable as error:
+            log.warn(
+                "making {relative} without looking in the bucket: {error}",
+                relative=relative,
+                error=error.message,
+            )
+            return False
 
     async def _ensure_original(self, namespace: str, image_hash: str) -> None:
         if await self.find(namespace, image_hash, ORIGINAL) is None:

@@ -152,12 +152,12 @@ class S3Client:
         response = await self._request("DELETE", key)
         await _expect(response, 204)
 
-    async def list_keys(self, prefix: str) -> list[str]:
+    async def list_keys(self, prefix: str, page_size: int = 1000) -> list[str]:
         """Every key under ``prefix``, following ListObjectsV2's pages."""
         keys: list[str] = []
         token = ""
         while True:
-            query = {"list-type": "2", "prefix": prefix}
+            query = {"list-type": "2", "prefix": prefix, "max-keys": str(page_size)}
             if token:
                 query["continuation-token"] = token
             response = await self._request("GET", "", query=query)

@@ -48,6 +48,7 @@ class ImageServer(service.MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self._stopping: Deferred[None] | None = None
         self.store = LocalStore(config.local_base_path)
         self.metrics = Metrics()
         self.pool = WorkerPool(
@@ -121,7 +122,17 @@ class ImageServer(service.MultiService):
         await self.http_pool.closeCachedConnections()
 
     def stopService(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._stop())
+        """Stop once; later calls wait for the same stop."""
+        if self._stopping is None:
+            self._stopping = Deferred.fromCoroutine(self._stop())
+        stopped: Deferred[None] = Deferred()
+
+        def relay(result: object) -> object:
+            stopped.callback(None)
+            return result
+
+        self._stopping.addBoth(relay)
+        return stopped
 
 
 def _credentials(config: Config) -> CredentialSource:

@@ -137,7 +137,11 @@ class Uploader(Service):
             return
         upload = ensureDeferred(self._keep_trying(relative, content_type, first_delay))
         self._background[relative] = upload
-        upload.addBoth(lambda _: self._background.pop(relative, None))
+
+        def forget(_: object) -> None:
+            del self._background[relative]
+
+        upload.addBoth(forget)
 
     async def _keep_trying(
         self, relative: str, content_type: str, first_delay: float | None

@@ -17,10 +17,11 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from imageserver import mime, paths
-from imageserver.errors import ImageServerError, NotFound, Overloaded
+from imageserver.errors import ImageServerError, NotFound, Overloaded, StorageUnavailable
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.names import (
+    RESERVED_NAMES,
     check_file_name,
     check_servable,
     is_generated,
@@ -101,7 +102,12 @@ class MainApp:
         image_hash = _image_hash(namespace, parts)
         with self.images.metrics.latency.labels("resize_image").time():
             check_file_name(name)
-            path = await self.images.find(namespace, image_hash, name)
+            try:
+                path = await self.images.find(namespace, image_hash, name)
+            except StorageUnavailable:
+                if name in RESERVED_NAMES or not is_generated(name):
+                    raise
+                path = None  # a variant can still be made here, from a local original
             if path is None:
                 variant = self.images.parse(name)
                 check_servable(variant, self.allowed_extensions)

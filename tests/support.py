@@ -71,7 +71,7 @@ class ServerTestCase(unittest.TestCase):
     # One worker keeps start-up fast; tests of parallel work raise it.
     config_overrides: dict[str, Any] = {}
 
-    async def start_server(self, **overrides: Any) -> ImageServer:
+    async def start_server(self, gc_interval: float = 3600.0, **overrides: Any) -> ImageServer:
         base = self.mktemp()
         os.makedirs(base)
         values: dict[str, Any] = {
@@ -82,7 +82,7 @@ class ServerTestCase(unittest.TestCase):
         }
         values.update(self.config_overrides)
         values.update(overrides)
-        self.server = ImageServer(Config(**values), reactor)
+        self.server = ImageServer(Config(**values), reactor, gc_interval=gc_interval)
         self.server.startService()
         self.addCleanup(self.server.stopService)
         await self.wait_ready()

@@ -1,0 +1,285 @@
+"""S3 as the durable store, against moto on 127.0.0.1 with signatures checked (issue 3)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+from twisted.internet.defer import ensureDeferred, gatherResults
+
+from imageserver.collector import GarbageCollector
+from tests.s3support import FaultyProxy, moto
+from tests.support import (
+    WINE_DIR,
+    WINE_HASH,
+    ServerTestCase,
+    fixture,
+    image_size,
+    request,
+    sleep,
+)
+
+WINE_KEY = f"p/{WINE_DIR}"
+
+
+class S3TestCase(ServerTestCase):
+    async def start_s3_server(
+        self, endpoint: str = "", secret: str = "", bucket: str = "", **overrides: Any
+    ):  # type: ignore[no-untyped-def]
+        self.moto = moto()
+        self.bucket = bucket or self.moto.new_bucket()
+        server = await self.start_server(
+            aws_bucket=self.bucket,
+            aws_region="us-east-1",
+            s3_endpoint=endpoint or self.moto.endpoint,
+            aws_access_key_id=self.moto.access_key,
+            aws_secret_key=secret or self.moto.secret_key,
+            **overrides,
+        )
+        server.uploads.quick_retries = (0.05, 0.05)
+        server.uploads.background_delays = (0.1, 0.2)
+        return server
+
+    def objects(self) -> dict[str, dict[str, Any]]:
+        return self.moto.objects(self.bucket)
+
+    async def wait_for(self, condition, what: str) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(100):
+            if condition():
+                return
+            await sleep(0.05)
+        self.fail(f"timed out waiting for {what}")
+
+
+class UploadTests(S3TestCase):
+    async def test_upload_stores_everything_before_answering(self) -> None:
+        await self.start_s3_server()
+        response = await self.upload(fixture("wine.jpg"), query="?outputs=x100.jpg,x100.webp")
+        self.assertEqual(response.code, 200)
+        stored = self.objects()
+        self.assertEqual(
+            sorted(stored),
+            [f"{WINE_KEY}/{n}" for n in ("info.json", "original", "x100.jpg", "x100.webp")],
+        )
+        self.assertEqual(stored[f"{WINE_KEY}/original"]["body"], fixture("wine.jpg"))
+        types = {key.rsplit("/", 1)[1]: item["content_type"] for key, item in stored.items()}
+        self.assertEqual(
+            types,
+            {
+                "original": "image/jpeg",
+                "info.json": "application/json",
+                "x100.jpg": "image/jpeg",
+                "x100.webp": "image/webp",
+            },
+        )
+        for item in stored.values():
+            self.assertEqual(item["cache_control"], "public, max-age=31536000, immutable")
+        self.assertEqual(self.server.uploads.pending, 0)
+
+    async def test_odd_keys(self) -> None:
+        """A base path and an attachment name with spaces, '+' and unicode round-trip exactly."""
+        await self.start_s3_server(remote_base_path="my images+ü/")
+        await self.upload_wine()
+        name = "receipt no+1 für.pdf"
+        url = f"{self.url}/p/{WINE_DIR}/" + "receipt%20no%2B1%20f%C3%BCr.pdf"
+        response = await request("POST", url, data=b"%PDF-1.4")
+        self.assertEqual(response.code, 200)
+        stored = self.objects()
+        self.assertIn(f"my images+ü/{WINE_KEY}/{name}", stored)
+        self.assertIn(f"my images+ü/{WINE_KEY}/original", stored)
+        os.remove(self.local("p", WINE_DIR, name))
+        served = await request("GET", url)
+        self.assertEqual(served.body, b"%PDF-1.4")
+
+    async def test_variant_made_by_a_get_is_uploaded_in_the_background(self) -> None:
+        await self.start_s3_server()
+        await self.upload_wine()
+        response = await request("GET", f"{self.url}/p/{WINE_DIR}/w120.jpg")
+        self.assertEqual(response.code, 200)
+        await self.wait_for(lambda: f"{WINE_KEY}/w120.jpg" in self.objects(), "the upload")
+        self.assertEqual(self.objects()[f"{WINE_KEY}/w120.jpg"]["body"], response.body)
+
+    async def test_a_5xx_twice_then_success(self) -> None:
+        moto_server = moto()
+        proxy = FaultyProxy(self, moto_server.endpoint)
+        await self.start_s3_server(endpoint=proxy.endpoint)
+        proxy.fail("PUT", 2, status=500)
+        await self.upload_wine()
+        self.assertIn(f"{WINE_KEY}/original", self.objects())
+        self.assertEqual(proxy.puts_of("/original") + proxy.puts_of("/info.json"), 4)
+        self.assertEqual(self.server.uploads.pending, 0)
+
+    async def test_wrong_secret(self) -> None:
+        """Every request is refused (403): uploads are kept locally and queued, ready says 503."""
+        await self.start_s3_server(secret="not the secret")
+        await self.wait_for(lambda: not self.server.remote.reachable, "the first check")
+        ready = await request("GET", f"{self.admin_url}/probe/ready")
+        self.assertEqual(ready.code, 503)
+        response = await self.upload(fixture("wine.jpg"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.objects(), {})
+        self.assertTrue(os.path.isfile(self.local("p", WINE_DIR, "original")))
+        self.assertEqual(self.server.uploads.pending, 2)
+        page = (await request("GET", f"{self.admin_url}/metrics")).body.decode()
+        self.assertIn('image_server_s3_upload_failures_total{code="SignatureDoesNotMatch"}', page)
+        self.assertIn("image_server_s3_uploads_pending 2.0", page)
+
+    async def test_unreachable_bucket_at_start(self) -> None:
+        """The server starts, takes uploads and serves local files; ready is 503."""
+        from tests.test_commands import free_port
+
+        await self.start_s3_server(endpoint=f"http://127.0.0.1:{free_port()}")
+        self.assertEqual((await request("GET", f"{self.admin_url}/probe/ready")).code, 503)
+        self.assertEqual((await request("GET", f"{self.url}/status_check")).code, 503)
+        await self.upload_wine()
+        response = await request("GET", f"{self.url}/p/{WINE_DIR}/w100.jpg")
+        self.assertEqual(response.code, 200)
+        self.assertEqual((await request("GET", f"{self.url}/p/{WINE_DIR}/original")).code, 200)
+
+    async def test_nothing_lost_across_a_restart(self) -> None:
+        """Uploads failing when the server stops are made after it starts again."""
+        moto_server = moto()
+        proxy = FaultyProxy(self, moto_server.endpoint)
+        await self.start_s3_server(endpoint=proxy.endpoint)
+        proxy.fail("PUT", 1000, status=503)
+        await self.upload(fixture("wine.jpg"), query="?outputs=x50.jpg")
+        self.assertEqual(self.server.uploads.pending, 3)
+        await self.server.stopService()
+        self.assertEqual(self.objects(), {})
+        base = self.base_path
+        await self.start_s3_server(bucket=self.bucket, local_base_path=base)
+        await self.wait_for(lambda: len(self.objects()) == 3, "the journal to drain")
+        self.assertEqual(self.server.uploads.pending, 0)
+
+
+class ReadBackTests(S3TestCase):
+    async def test_wiped_local_store_loses_nothing(self) -> None:
+        await self.start_s3_server()
+        await self.upload(fixture("wine.jpg"), query="?outputs=x100.jpg")
+        made = (await request("GET", f"{self.url}/p/{WINE_DIR}/x100.jpg")).body
+        shutil.rmtree(self.local("p"))
+        for name in ("original", "info.json", "x100.jpg"):
+            response = await request("GET", f"{self.url}/p/{WINE_DIR}/{name}")
+            self.assertEqual(response.code, 200, name)
+        self.assertEqual((await request("GET", f"{self.url}/p/{WINE_DIR}/x100.jpg")).body, made)
+        response = await request("GET", f"{self.url}/p/{WINE_DIR}/w60.jpg")
+        self.assertEqual(image_size(response.body)[:2], (60, 45))
+
+    async def test_variant_in_the_bucket_is_never_regenerated(self) -> None:
+        await self.start_s3_server()
+        await self.upload_wine()
+        marker = fixture("a.jpg")
+        self.moto.client().put_object(Bucket=self.bucket, Key=f"{WINE_KEY}/w77.jpg", Body=marker)
+        response = await request("GET", f"{self.url}/p/{WINE_DIR}/w77.jpg")
+        self.assertEqual(response.body, marker)
+
+    async def test_concurrent_misses_share_one_read(self) -> None:
+        moto_server = moto()
+        proxy = FaultyProxy(self, moto_server.endpoint)
+        await self.start_s3_server(endpoint=proxy.endpoint)
+        await self.upload_wine()
+        shutil.rmtree(self.local("p"))
+        responses = await gatherResults(
+            [ensureDeferred(request("GET", f"{self.url}/p/{WINE_DIR}/original")) for _ in range(10)]
+        )
+        self.assertEqual({r.body for r in responses}, {fixture("wine.jpg")})
+        self.assertEqual(proxy.gets_of(f"{WINE_DIR}/original"), 1)
+
+    async def test_unknown_image(self) -> None:
+        await self.start_s3_server()
+        response = await request("GET", f"{self.url}/p/{WINE_DIR}/w10.jpg")
+        self.assert_error(response, 404, f"image p/{WINE_HASH} does not exist")
+
+    async def test_bucket_written_by_the_go_server(self) -> None:
+        """Objects laid out as the Go server writes them serve through ours."""
+        await self.start_s3_server(remote_base_path="images/")
+        s3 = self.moto.client()
+        details = (
+            b'{"hash":"6e0072682e66287b662827da75b244a3","height":600,"width":800,'
+            b'"content_type":"image/jpeg"}'
+        )
+        for name, body, kind in (
+            ("original", fixture("wine.jpg"), "image/jpeg"),
+            ("info.json", details, "application/json"),
+        ):
+            s3.put_object(
+                Bucket=self.bucket, Key=f"images/{WINE_KEY}/{name}", Body=body, ContentType=kind
+            )
+        response = await request("GET", f"{self.url}/p/{WINE_DIR}/w200.jpg")
+        self.assertEqual(image_size(response.body), (200, 150, "JPEG"))
+        info = await request("GET", f"{self.url}/p/{WINE_DIR}/info.json")
+        self.assertEqual(info.body, details)
+
+    async def test_batch_makes_only_what_the_bucket_lacks(self) -> None:
+        await self.start_s3_server()
+        await self.upload_wine()
+        self.moto.client().put_object(
+            Bucket=self.bucket, Key=f"{WINE_KEY}/x100.jpg", Body=b"made elsewhere"
+        )
+        url = f"{self.url}/p/{WINE_DIR}/process?outputs=x100.jpg,x200.jpg"
+        self.assertEqual((await request("POST", url)).code, 200)
+        self.assertFalse(os.path.exists(self.local("p", WINE_DIR, "x100.jpg")))
+        self.assertIn(f"{WINE_KEY}/x200.jpg", self.objects())
+        self.assertEqual(self.objects()[f"{WINE_KEY}/x100.jpg"]["body"], b"made elsewhere")
+
+    async def test_listing_follows_pages(self) -> None:
+        await self.start_s3_server()
+        s3 = self.moto.client()
+        for index in range(5):
+            s3.put_object(Bucket=self.bucket, Key=f"a/{index}", Body=b"x")
+        keys = await self.server.remote.client.list_keys("a/", page_size=2)
+        self.assertEqual(keys, [f"a/{index}" for index in range(5)])
+
+
+class CollectorTests(S3TestCase):
+    def age(self, *relative: str) -> None:
+        """Make files, and every directory of the store, an hour old."""
+        old = time.time() - 3600
+        for path in relative:
+            os.utime(self.local(path), (old, old))
+        for directory, _, _ in os.walk(self.local("p")):
+            os.utime(directory, (old, old))
+
+    def collector(self) -> GarbageCollector:
+        [found] = [s for s in self.server if isinstance(s, GarbageCollector)]
+        return found
+
+    async def test_old_files_in_the_bucket_are_collected(self) -> None:
+        await self.start_s3_server(max_file_age=1)
+        await self.upload(fixture("wine.jpg"), query="?outputs=x100.jpg")
+        directory = f"p/{WINE_DIR}"
+        local_only = f"{directory}/notes.txt"
+        with open(self.local(local_only), "w") as notes:
+            notes.write("not uploaded yet")
+        self.age(f"{directory}/original", f"{directory}/info.json", local_only)
+        deleted = await self.collector().collect()
+        self.assertEqual(deleted, 2)
+        self.assertEqual(sorted(os.listdir(self.local(directory))), ["notes.txt", "x100.jpg"])
+        # The file the bucket lacked was queued for upload, not deleted.
+        await self.wait_for(lambda: f"{local_only}" in self.objects(), "notes.txt to be uploaded")
+        self.age(local_only, f"{directory}/x100.jpg")
+        self.assertEqual(await self.collector().collect(), 2)
+        self.assertFalse(os.path.exists(self.local("p")), "empty directories are removed")
+        # Everything is still served, read back from the bucket.
+        response = await request("GET", f"{self.url}/p/{WINE_DIR}/x100.jpg")
+        self.assertEqual(response.code, 200)
+
+    async def test_pending_uploads_are_never_collected(self) -> None:
+        moto_server = moto()
+        proxy = FaultyProxy(self, moto_server.endpoint)
+        await self.start_s3_server(endpoint=proxy.endpoint)
+        await self.upload_wine()
+        proxy.fail("PUT", 1000, status=500)
+        await request("GET", f"{self.url}/p/{WINE_DIR}/w30.jpg")
+        relative = f"p/{WINE_DIR}/w30.jpg"
+        self.assertTrue(self.server.uploads.is_pending(relative))
+        self.age(relative)
+        await self.collector().collect()
+        self.assertTrue(os.path.exists(self.local(relative)))
+
+    async def test_no_collector_without_a_bucket(self) -> None:
+        await self.start_server()
+        self.assertEqual([s for s in self.server if isinstance(s, GarbageCollector)], [])
+        self.assertIsNone(self.server.remote)
