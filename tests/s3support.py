@@ -27,6 +27,8 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests.processes import free_port
+
 _buckets = itertools.count()
 
 
@@ -79,15 +81,8 @@ def moto() -> Moto:
     return _moto
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _start_moto() -> Moto:
-    port = _free_port()
+    port = free_port()
     binary = os.path.join(os.path.dirname(sys.executable), "moto_server")
     environment = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
     process = subprocess.Popen(

@@ -4,54 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import sys
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
+from tests.processes import IMAGE_SERVER, TWISTD, ServerProcess, children, start_process
 from tests.support import fixture, request, sleep
-
-BIN = os.path.dirname(sys.executable)
-IMAGE_SERVER = os.path.join(BIN, "image-server")
-TWISTD = os.path.join(BIN, "twistd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (the image workers of a server)."""
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as listing:
-            found.extend(int(child) for child in listing.read().split())
-    return found
-
-
-class ServerProcess(protocol.ProcessProtocol):
-    """A server in a child process; ``ended`` fires with its exit code."""
-
-    def __init__(self) -> None:
-        self.ended: defer.Deferred[int | str] = defer.Deferred()
-        self.output = b""
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason) -> None:  # type: ignore[no-untyped-def]
-        """Fire with the exit code, or the signal's name when it ended by one."""
-        if reason.value.exitCode is None:
-            self.ended.callback(signal.Signals(reason.value.signal).name)
-        else:
-            self.ended.callback(reason.value.exitCode)
 
 
 class CommandTests(unittest.TestCase):
@@ -69,29 +28,8 @@ class CommandTests(unittest.TestCase):
         return path
 
     async def start(self, argv: list[str]) -> tuple[ServerProcess, str]:
-        """Start a server and wait until /status_check answers 200."""
-        port, admin = free_port(), free_port()
-        store = self.mktemp_dir()
-        flags = ["--port", str(port), "--admin-port", str(admin), "--local_base_path", store]
-        process = ServerProcess()
-        transport = reactor.spawnProcess(
-            process, argv[0], [*argv, *flags], env=os.environ, path=store
-        )
-        self.addCleanup(self._kill, transport, process)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if (await request("GET", url + "/status_check")).code == 200:
-                    return process, url
-            except Exception:  # not listening yet
-                pass
-            await sleep(0.1)
-        self.fail(f"the server did not start: {process.output.decode()}")
-
-    async def _kill(self, transport, process: ServerProcess) -> None:  # type: ignore[no-untyped-def]
-        if not process.ended.called:
-            transport.signalProcess("KILL")
-            await process.ended
+        running = await start_process(self, argv)
+        return running.process, running.url
 
     async def test_version(self) -> None:
         out, _, code = await self.run_command(IMAGE_SERVER, "version")
@@ -123,9 +61,9 @@ class CommandTests(unittest.TestCase):
         process, url = await self.start([IMAGE_SERVER, "--outputs=", "server"])
         response = await request("POST", url + "/p", data=fixture("wine.jpg"))
         self.assertEqual(response.json()["hash"], "6e0072682e66287b662827da75b244a3")
-        workers = children(self._pid(process))
+        workers = children(process.pid)
         self.assertTrue(workers)
-        os.kill(self._pid(process), signal.SIGTERM)
+        os.kill(process.pid, signal.SIGTERM)
         self.assertEqual(await process.ended, 0)
         for _ in range(50):
             if not any(os.path.exists(f"/proc/{pid}") for pid in workers):
@@ -138,7 +76,7 @@ class CommandTests(unittest.TestCase):
         process, url = await self.start([TWISTD, "--nodaemon", "--pidfile=", "imageserver"])
         response = await request("GET", url + "/status_check")
         self.assertEqual(response.json(), {"message": "OK"})
-        os.kill(self._pid(process), signal.SIGINT)
+        os.kill(process.pid, signal.SIGINT)
         # twistd stops cleanly, then ends itself with the signal it was sent.
         self.assertEqual(await process.ended, "SIGINT")
 
@@ -153,7 +91,7 @@ class CommandTests(unittest.TestCase):
             b"Content-Length: %d\r\n\r\n" % len(body) + body[:1000]
         )
         await sleep(0.3)
-        os.kill(self._pid(process), signal.SIGTERM)
+        os.kill(process.pid, signal.SIGTERM)
         await sleep(0.5)
         self.assertFalse(process.ended.called)
         client.transport.write(body[1000:])
@@ -161,10 +99,6 @@ class CommandTests(unittest.TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
         self.assertIn(b"6e0072682e66287b662827da75b244a3", answer)
         self.assertEqual(await process.ended, 0)
-
-    def _pid(self, process: ServerProcess) -> int:
-        pid: int = process.transport.pid  # type: ignore[union-attr]
-        return pid
 
 
 class RawClient(protocol.Protocol):

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred, gatherResults
 
 from imageserver.collector import GarbageCollector
+from tests.processes import IMAGE_SERVER, free_port, start_process
 from tests.s3support import FaultyProxy, moto
 from tests.support import (
     WINE_DIR,
@@ -128,8 +129,6 @@ class UploadTests(S3TestCase):
 
     async def test_unreachable_bucket_at_start(self) -> None:
         """The server starts, takes uploads and serves local files; ready is 503."""
-        from tests.test_commands import free_port
-
         await self.start_s3_server(endpoint=f"http://127.0.0.1:{free_port()}")
         self.assertEqual((await request("GET", f"{self.admin_url}/probe/ready")).code, 503)
         self.assertEqual((await request("GET", f"{self.url}/status_check")).code, 503)
@@ -283,3 +282,38 @@ class CollectorTests(S3TestCase):
         await self.start_server()
         self.assertEqual([s for s in self.server if isinstance(s, GarbageCollector)], [])
         self.assertIsNone(self.server.remote)
+
+
+class ScaleOutTests(S3TestCase):
+    """Two server processes, separate local directories, one bucket (DECISIONS D19)."""
+
+    async def test_two_instances_share_one_bucket(self) -> None:
+        self.moto = moto()
+        self.bucket = self.moto.new_bucket()
+        flags = [
+            "--aws_bucket", self.bucket,
+            "--aws_region", "us-east-1",
+            "--s3-endpoint", self.moto.endpoint,
+            "--aws_access_key_id", self.moto.access_key,
+            "--aws_secret_key", self.moto.secret_key,
+            "--processor_concurrency", "1",
+        ]  # fmt: skip
+        first = await start_process(self, [IMAGE_SERVER, "server"], flags)
+        second = await start_process(self, [IMAGE_SERVER, "server"], flags)
+        uploaded = await request(
+            "POST", f"{first.url}/p?outputs=x100.jpg", data=fixture("wine.jpg")
+        )
+        self.assertEqual(uploaded.json()["hash"], WINE_HASH)
+        # The second instance serves the upload and makes new variants from the bucket's original.
+        for name, size in (("x100.jpg", (100, 100)), ("w64.webp", (64, 48))):
+            response = await request("GET", f"{second.url}/p/{WINE_DIR}/{name}")
+            self.assertEqual(image_size(response.body)[:2], size, name)
+        # Wiping the first instance's local directory loses nothing.
+        shutil.rmtree(os.path.join(first.store, "p"))
+        original = await request("GET", f"{first.url}/p/{WINE_DIR}/original")
+        self.assertEqual(original.body, fixture("wine.jpg"))
+        await self.wait_for(
+            lambda: f"{WINE_KEY}/w64.webp" in self.objects(), "the second instance's upload"
+        )
+        again = await request("GET", f"{first.url}/p/{WINE_DIR}/w64.webp")
+        self.assertEqual(again.code, 200)
