@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred, gatherResults
 
 from imageserver.collector import GarbageCollector
+from imageserver.s3 import Bucket, ChainCredentials, S3Client, S3Error
 from tests.processes import IMAGE_SERVER, free_port, start_process
 from tests.s3support import FaultyProxy, moto
 from tests.support import (
@@ -317,3 +318,67 @@ class ScaleOutTests(S3TestCase):
         )
         again = await request("GET", f"{first.url}/p/{WINE_DIR}/w64.webp")
         self.assertEqual(again.code, 200)
+
+
+class ClientTests(S3TestCase):
+    """The S3 client's own operations and addressing."""
+
+    def test_addressing(self) -> None:
+        aws = Bucket("images", "eu-west-1")
+        self.assertEqual(
+            aws.url("p/a b+ü.jpg"), "https://images.s3.eu-west-1.amazonaws.com/p/a%20b%2B%C3%BC.jpg"
+        )
+        custom = Bucket("images", "us-east-1", "http://127.0.0.1:9000/")
+        self.assertEqual(
+            custom.url("k", {"prefix": "a/b"}), "http://127.0.0.1:9000/images/k?prefix=a%2Fb"
+        )
+
+    async def test_head_delete_and_errors(self) -> None:
+        await self.start_s3_server()
+        client = self.server.remote.client
+        path = self.local("upload.bin")
+        with open(path, "wb") as data:
+            data.write(b"0123456789")
+        await client.put_file("x/y", path, "application/octet-stream")
+        self.assertTrue(await client.exists("x/y"))
+        await client.delete("x/y")
+        self.assertFalse(await client.exists("x/y"))
+        missing_bucket = S3Client(
+            client._http,
+            Bucket("no-such-bucket", "us-east-1", self.moto.endpoint),
+            client._credentials,
+        )
+        error = await self.assertFailure(ensureDeferred(missing_bucket.list_keys("")), S3Error)
+        self.assertEqual((error.status, error.code), (404, "NoSuchBucket"))
+
+    async def test_acl(self) -> None:
+        await self.start_s3_server(s3_acl="public-read")
+        await self.upload_wine()
+        grants = self.moto.client().get_object_acl(Bucket=self.bucket, Key=f"{WINE_KEY}/original")[
+            "Grants"
+        ]
+        self.assertIn(
+            "http://acs.amazonaws.com/groups/global/AllUsers",
+            [grant["Grantee"].get("URI") for grant in grants],
+        )
+
+    async def test_credentials_from_the_aws_chain(self) -> None:
+        """Without key flags, the standard chain (here: the environment) signs the requests."""
+        self.moto = moto()
+        self.bucket = self.moto.new_bucket()
+        self.patch(
+            os,
+            "environ",
+            dict(
+                os.environ,
+                AWS_ACCESS_KEY_ID=self.moto.access_key,
+                AWS_SECRET_ACCESS_KEY=self.moto.secret_key,
+                AWS_EC2_METADATA_DISABLED="true",
+            ),
+        )
+        await self.start_server(
+            aws_bucket=self.bucket, s3_endpoint=self.moto.endpoint, aws_region="us-east-1"
+        )
+        self.assertIsInstance(self.server.remote.client._credentials, ChainCredentials)
+        await self.upload_wine()
+        self.assertIn(f"{WINE_KEY}/original", self.objects())
