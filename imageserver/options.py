@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from imageserver.errors import ImageServerError
 from imageserver.names import DEFAULT_EXTENSIONS, parse_name, split_outputs
+from imageserver.signature import parse_secrets
 
 ENV_PREFIX = "IMAGE_SERVER_"
 
@@ -143,6 +144,11 @@ class Config:
         return ENV_PREFIX + name.upper()
 
     @property
+    def signatures_required(self) -> bool:
+        """Asking for signed reads implies signed writes (the Go server would check nothing)."""
+        return self.require_signature or self.require_signature_for_reads
+
+    @property
     def effective_uploader(self) -> str:
         """``s3`` or ``noop``: an explicit choice, else S3 exactly when a bucket is given."""
         chosen = self.uploader.lower()
@@ -238,7 +244,7 @@ class ServerOptions(usage.Options):
         self.config = Config(**values)
         _check_outputs(self.config)
         _check_s3(self.config)
-        _refuse_what_is_not_built(self.config)
+        _check_signatures(self.config)
 
 
 def _check_outputs(config: Config) -> None:
@@ -250,14 +256,20 @@ def _check_outputs(config: Config) -> None:
             raise usage.UsageError(f"--outputs: {error.message}") from None
 
 
-def _refuse_what_is_not_built(config: Config) -> None:
-    """Stop rather than run without a protection the operator asked for.
-
-    Signatures are accepted as flags (the Go server's command lines must parse), but until they are
-    implemented a server started with them would silently be open: worse than not starting.
-    """
-    if config.require_signature or config.require_signature_for_reads:
-        raise usage.UsageError("--require-signature: signed URLs are not supported yet")
+def _check_signatures(config: Config) -> None:
+    """A server asked to require signatures must have a secret to check them with."""
+    if not config.signatures_required:
+        return
+    path = config.signing_secrets_file
+    if not path:
+        raise usage.UsageError("--signing-secrets-file: needed with --require-signature")
+    try:
+        with open(path, encoding="utf-8") as secrets:
+            found = parse_secrets(secrets.read())
+    except OSError as error:
+        raise usage.UsageError(f"--signing-secrets-file: {error.strerror}: {path}") from None
+    if not found:
+        raise usage.UsageError(f"--signing-secrets-file: no secret in {path}")
 
 
 def _check_s3(config: Config) -> None:

@@ -22,6 +22,7 @@ from imageserver.options import Config
 from imageserver.processing.pool import WorkerPool
 from imageserver.remote import RemoteStore
 from imageserver.s3 import Bucket, ChainCredentials, CredentialSource, S3Client, StaticCredentials
+from imageserver.signature import SecretsFile, Validator
 from imageserver.site import ImageSite
 from imageserver.store import LocalStore
 from imageserver.uploader import NoUploads, Uploader
@@ -91,7 +92,19 @@ class ImageServer(service.MultiService):
         self.images = Images(
             self.store, self.pool, downloader, self.metrics, limits, self.uploads, self.remote
         )
-        main = MainApp(self.images, self.lifecycle, frozenset(config.extensions), config.outputs)
+        validator = None
+        if config.signatures_required:
+            validator = Validator(
+                SecretsFile(config.signing_secrets_file), config.signature_max_ttl
+            )
+        main = MainApp(
+            self.images,
+            self.lifecycle,
+            frozenset(config.extensions),
+            config.outputs,
+            validator,
+            config.require_signature_for_reads,
+        )
         self.site = ImageSite(main.resource(), self.store.tmp, config.max_upload_bytes, reactor)
         self.main_port = internet.TCPServer(config.port, self.site, interface=config.listen)
         self.main_port.setServiceParent(self)

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from imageserver import mime, paths
 from imageserver.errors import ImageServerError, NotFound, Overloaded, StorageUnavailable
+from imageserver.guard import SignatureGuard
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.names import (
@@ -28,6 +29,7 @@ from imageserver.names import (
     split_outputs,
 )
 from imageserver.responses import CachedFile, error_body, json_body
+from imageserver.signature import Validator
 from imageserver.spool import Spool
 
 log = Logger()
@@ -50,14 +52,21 @@ class MainApp:
         lifecycle: Lifecycle,
         allowed_extensions: frozenset[str],
         default_outputs: tuple[str, ...] = (),
+        validator: Validator | None = None,
+        signed_reads: bool = False,
     ) -> None:
+        self.validator = validator
+        self.signed_reads = signed_reads
         self.images = images
         self.lifecycle = lifecycle
         self.allowed_extensions = allowed_extensions
         self.default_outputs = default_outputs
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        site = self.app.resource()
+        if self.validator is None:
+            return site
+        return SignatureGuard(site, self.validator, for_reads=self.signed_reads)
 
     @app.route("/status_check", methods=HEALTH_METHODS)
     def status_check(self, request: IRequest) -> bytes:
