@@ -130,10 +130,26 @@ class OptionTests(SynchronousTestCase):
         both = {"IMAGE_SERVER_S3_ENDPOINT": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"}
         self.assertEqual(parse([], both).s3_endpoint, "http://a")
 
-    def test_signatures_refuse_to_start_until_built(self) -> None:
-        """A server asked for signatures must not quietly run open."""
-        for args in (["--require-signature"], ["--require-signature-for-reads=true"]):
-            self.assertRaises(UsageError, parse, args)
+    def test_signatures_need_a_secret(self) -> None:
+        """A server asked for signatures must not run without a secret to check them with."""
+        empty = self.mktemp()
+        with open(empty, "w") as f:
+            f.write("# nothing yet\n\n")
+        for args, message in [
+            (["--require-signature"], "--signing-secrets-file: needed with --require-signature"),
+            (["--require-signature-for-reads=true"], "--signing-secrets-file: needed"),
+            (
+                ["--require-signature", "--signing-secrets-file", empty],
+                "--signing-secrets-file: no secret in",
+            ),
+            (
+                ["--require-signature", "--signing-secrets-file", "/nonexistent"],
+                "--signing-secrets-file: No such file",
+            ),
+        ]:
+            error = self.assertRaises(UsageError, parse, args)
+            self.assertTrue(str(error).startswith(message), str(error))
+        self.assertTrue(Config(require_signature_for_reads=True).signatures_required)
 
 
 class CommandLineTests(SynchronousTestCase):
