@@ -1,4 +1,4 @@
-"""Wiring: build the whole server from a `Config` as one `MultiService`.  No logic lives here."""
+"""Wiring: build the server (or the command line's engine) from a `Config`.  No logic lives here."""
 
 from __future__ import annotations
 
@@ -36,20 +36,15 @@ MAX_REDIRECTS = 5
 DRAIN_SECONDS = 30.0
 
 
-class ImageServer(service.MultiService):
-    """The server: worker pool, uploads, collector, main site and admin site.
+class Engine(service.MultiService):
+    """Everything but the sites: local store, worker pool, bucket, uploads, and `Images` on top.
 
-    Started in that order and stopped in the reverse one, so requests drain before the uploads
-    and the workers they need stop.
+    The server and the ``cli`` command both run one.
     """
 
-    def __init__(
-        self, config: Config, reactor: Any, gc_interval: float = collector.INTERVAL
-    ) -> None:
+    def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
-        self.reactor = reactor
-        self._stopping: Deferred[None] | None = None
         self.store = LocalStore(config.local_base_path)
         self.metrics = Metrics()
         self.pool = WorkerPool(
@@ -62,7 +57,6 @@ class ImageServer(service.MultiService):
         self.metrics.watch_pool(self.pool)
         self.http_pool = HTTPConnectionPool(reactor)
         agent = Agent(reactor, pool=self.http_pool)
-
         self.remote: RemoteStore | None = None
         self.uploads: Uploader | NoUploads = NoUploads()
         if config.effective_uploader == "s3":
@@ -74,13 +68,6 @@ class ImageServer(service.MultiService):
             )
             self.metrics.watch_uploads(self.uploads)
         self.uploads.setServiceParent(self)
-        if self.remote is not None:
-            GarbageCollector(
-                self.store, self.remote, self.uploads, config.max_file_age, reactor, gc_interval
-            ).setServiceParent(self)
-        remote = self.remote
-        self.lifecycle = Lifecycle(lambda: self.pool.ready and (remote is None or remote.reachable))
-
         downloader = SourceDownloader(
             HTTPClient(RedirectAgent(agent, MAX_REDIRECTS)),
             reactor,
@@ -92,6 +79,42 @@ class ImageServer(service.MultiService):
         self.images = Images(
             self.store, self.pool, downloader, self.metrics, limits, self.uploads, self.remote
         )
+
+    def startService(self) -> None:
+        self.store.prepare()
+        super().startService()
+        if self.remote is not None:
+            self.remote.start_checking()
+
+    async def _stop(self) -> None:
+        if self.remote is not None:
+            self.remote.stop_checking()
+        await super().stopService()
+        await self.http_pool.closeCachedConnections()
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+
+class ImageServer(service.MultiService):
+    """The server: the main and admin sites in front of an `Engine`, and the cache collector.
+
+    The ports are bound first, so a second server started by mistake on the same store fails
+    before its engine empties the first one's ``tmp/``.  Stopping drains requests first.
+    """
+
+    def __init__(
+        self, config: Config, reactor: Any, gc_interval: float = collector.INTERVAL
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self._stopping: Deferred[None] | None = None
+        self.engine = engine = Engine(config, reactor)
+        self.store, self.metrics, self.pool = engine.store, engine.metrics, engine.pool
+        self.remote, self.uploads, self.images = engine.remote, engine.uploads, engine.images
+        remote = self.remote
+        self.lifecycle = Lifecycle(lambda: self.pool.ready and (remote is None or remote.reachable))
         validator = None
         if config.signatures_required:
             validator = Validator(
@@ -111,14 +134,14 @@ class ImageServer(service.MultiService):
         admin_site = Site(AdminApp(self.lifecycle, self.metrics).resource(), reactor=reactor)
         self.admin_port = internet.TCPServer(config.admin_port, admin_site, interface=config.listen)
         self.admin_port.setServiceParent(self)
+        engine.setServiceParent(self)
+        if self.remote is not None:
+            GarbageCollector(
+                self.store, self.remote, self.uploads, config.max_file_age, reactor, gc_interval
+            ).setServiceParent(self)
 
     def startService(self) -> None:
-        # Ports first: a second server started by mistake on the same store fails to bind before
-        # it can empty the first one's tmp/.
         super().startService()
-        self.store.prepare()
-        if self.remote is not None:
-            self.remote.start_checking()
         if self.config.enable_statsd or self.config.webhook_url:
             log.warn("not built yet: --enable_statsd and --webhook-url have no effect")
 
@@ -129,10 +152,7 @@ class ImageServer(service.MultiService):
         idle.addTimeout(DRAIN_SECONDS, self.reactor)
         idle.addErrback(lambda _: None)
         await idle
-        if self.remote is not None:
-            self.remote.stop_checking()
         await super().stopService()
-        await self.http_pool.closeCachedConnections()
 
     def stopService(self) -> Deferred[None]:
         """Stop once; later calls wait for the same stop."""
