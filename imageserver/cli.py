@@ -1,25 +1,31 @@
-"""The ``image-server`` command: ``server`` and ``version`` (DECISIONS D18).
+"""The ``image-server`` command (DECISIONS D18): ``server``, ``cli``, ``generate-secret``,
+``sign-url`` and ``version``.
 
-Flags may stand before or after the subcommand, as with the Go binary (the Ruby client's spawner
-runs ``image-server --port=7000 --outputs='' server``).
+Server flags may stand before or after the subcommand, as with the Go binary (the Ruby client's
+spawner runs ``image-server --port=7000 --outputs='' server``).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from twisted.python import usage
 
 import imageserver
 from imageserver.options import CONFIG_FIELDS, ServerOptions
+from imageserver.signature import Signer, generate_secret, parse_duration
 
-COMMANDS = ("server", "version")
+COMMANDS = ("server", "cli", "generate-secret", "sign-url", "version")
 USAGE = f"""Usage: image-server COMMAND [flags]
 
 Commands:
-  server    run the image server (flags: image-server server --help)
-  version   print the version
+  server            run the image server (flags: image-server server --help)
+  cli PATH          store an image or a directory of images and make --outputs
+  generate-secret   print new signing secrets (--length, --count)
+  sign-url          print a signed URL (--secret, --path, --method, --ttl, --base-url)
+  version           print the version
 
 Version {imageserver.__version__}.
 """
@@ -31,6 +37,53 @@ def version_text() -> str:
         f"git hash [{imageserver.GIT_HASH}]\n"
         f"build timestamp [{imageserver.BUILD_TIMESTAMP}]\n"
     )
+
+
+class GenerateSecretOptions(usage.Options):
+    optParameters = [
+        ["length", None, 32, "Random bytes in each secret.", int],
+        ["count", None, 1, "How many secrets.", int],
+    ]
+
+    def postOptions(self) -> None:
+        if self["length"] < 16:
+            raise usage.UsageError("--length: at least 16 bytes")
+        if self["count"] < 1:
+            raise usage.UsageError("--count: at least 1")
+
+
+class SignUrlOptions(usage.Options):
+    optParameters = [
+        ["secret", None, "", "The signing secret."],
+        ["path", None, "", "The path (or path prefix) to sign."],
+        ["method", None, "POST", "The HTTP method the URL is for."],
+        ["ttl", None, "15m", "How long the URL is valid, as a Go duration (90s, 15m, 1h30m)."],
+        ["base-url", None, "", "Put before the path, e.g. https://images.example.com."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["secret"]:
+            raise usage.UsageError("--secret is required")
+        if not self["path"]:
+            raise usage.UsageError("--path is required")
+        try:
+            self["ttl_seconds"] = parse_duration(self["ttl"])
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+
+
+class CliOptions(ServerOptions):
+    """The server's flags (store, workers, bucket, outputs) and the path to import."""
+
+    def parseArgs(self, path: str | None = None) -> None:
+        if path is None:
+            raise usage.UsageError("CLI requires the path")
+        self["path"] = path
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if not self.config.outputs:
+            raise usage.UsageError('required flag(s) "outputs" not set')
 
 
 def split_command(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -63,12 +116,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "version":
         print(version_text(), end="")
         return 0
-    options = ServerOptions()
+    options = {
+        "server": ServerOptions,
+        "cli": CliOptions,
+        "generate-secret": GenerateSecretOptions,
+        "sign-url": SignUrlOptions,
+    }[command]()
     try:
         options.parseOptions(rest)
     except usage.UsageError as error:
         print(f"image-server: {error}", file=sys.stderr)
         return 1
+    if isinstance(options, GenerateSecretOptions):
+        for _ in range(options["count"]):
+            print(generate_secret(options["length"]))
+        return 0
+    if isinstance(options, SignUrlOptions):
+        signer = Signer(options["secret"], options["base-url"])
+        print(signer.sign_url(options["method"], options["path"], options["ttl_seconds"]))
+        return 0
+    if isinstance(options, CliOptions):
+        return run_cli(options)
+    assert isinstance(options, ServerOptions)
     return run_server(options)
 
 
@@ -83,9 +152,77 @@ def run_server(options: ServerOptions) -> int:
     server = ImageServer(options.config, reactor)
     try:
         server.startService()
-    except Exception as error:
+    except Exception as error:  # one line, not a traceback, for a failed start
         print(f"image-server: cannot start: {error}", file=sys.stderr)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.run()
     return 0
+
+
+def run_cli(options: CliOptions) -> int:
+    """Import the path through an engine (store, workers, bucket); print a line per image."""
+    from twisted.internet import task
+    from twisted.internet.defer import ensureDeferred
+
+    exit_code: list[int] = []
+
+    async def run(reactor: Any) -> None:
+        exit_code.append(await _import(reactor, options, sys.stdout, sys.stderr))
+
+    try:
+        task.react(lambda reactor: ensureDeferred(run(reactor)))
+    except SystemExit as done:
+        if done.code:
+            return int(done.code)
+    return exit_code[0] if exit_code else 1
+
+
+async def _import(reactor: Any, options: CliOptions, out: TextIO, err: TextIO) -> int:
+    from twisted.internet.task import deferLater
+
+    from imageserver import bulk
+    from imageserver.service import Engine
+
+    config = options.config
+    paths = bulk.find_files(options["path"])
+    engine = Engine(config, reactor)
+    engine.startService()
+    try:
+        while not engine.pool.ready:
+            await deferLater(reactor, 0.05, lambda: None)
+        done = 0
+        show = err.isatty()
+
+        def progress(outcome: bulk.Outcome) -> None:
+            nonlocal done
+            done += 1
+            if show:
+                err.write(f"\r{done}/{len(paths)} {outcome.path}\x1b[K")
+                err.flush()
+
+        outcomes = await bulk.store_all(
+            engine.images,
+            paths,
+            config.namespace or DEFAULT_NAMESPACE,
+            config.outputs,
+            config.processor_concurrency,
+            progress,
+        )
+    finally:
+        await engine.stopService()
+    if show:
+        err.write("\n")
+    for outcome in outcomes:
+        if outcome.details is not None:
+            out.write(outcome.line() + "\n")
+        elif outcome.skipped:
+            err.write(f"warning: skipped {outcome.path}: {outcome.error}\n")
+    failures = [outcome for outcome in outcomes if outcome.error and not outcome.skipped]
+    for failure in failures:
+        err.write(f"failed: {failure.path}: {failure.error}\n")
+    return 1 if failures else 0
+
+
+# The namespace ``cli`` stores into when --namespace is not given.
+DEFAULT_NAMESPACE = "images"

@@ -215,10 +215,18 @@ class ServerOptions(usage.Options):
         super().parseOptions(self._normalise(args))
 
     def _normalise(self, args: list[str]) -> list[str]:
-        normalised = []
+        """Flags with underscores, booleans set aside, and positional arguments last (so that
+        ``cli PATH --outputs …`` parses as GNU tools and cobra do)."""
+        flags: list[str] = []
+        positional: list[str] = []
+        expects_value = False
         for arg in args:
+            if expects_value or arg.startswith("-") and not arg.startswith("--"):
+                flags.append(arg)
+                expects_value = False
+                continue
             if not arg.startswith("--") or arg == "--":
-                normalised.append(arg)
+                positional.append(arg)
                 continue
             name, equals, value = arg[2:].partition("=")
             name = name.replace("-", "_")
@@ -227,8 +235,9 @@ class ServerOptions(usage.Options):
                 # Booleans: record the text and let postOptions convert it.
                 self.given[name] = value if equals else "true"
                 continue
-            normalised.append(f"--{name}{equals}{value}")
-        return normalised
+            flags.append(f"--{name}{equals}{value}")
+            expects_value = not equals and name not in ("help", "version")
+        return flags + positional
 
     def postOptions(self) -> None:
         values: dict[str, Any] = {}

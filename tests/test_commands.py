@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
+from imageserver.paths import partition
+from imageserver.signature import Validator
 from tests.processes import IMAGE_SERVER, TWISTD, ServerProcess, children, start_process
 from tests.support import fixture, request, sleep
 
@@ -36,6 +40,91 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertEqual(out.splitlines()[0], "images version [0.1.0]")
         self.assertEqual(len(out.splitlines()), 3)
+
+    async def test_generate_secret(self) -> None:
+        out, _, code = await self.run_command(
+            IMAGE_SERVER, "generate-secret", "--length", "32", "--count", "3"
+        )
+        self.assertEqual(code, 0)
+        secrets = out.splitlines()
+        self.assertEqual(len(secrets), 3)
+        for secret in secrets:
+            self.assertRegex(secret, r"^[A-Za-z0-9_-]{43}$")
+        longer, _, _ = await self.run_command(IMAGE_SERVER, "generate-secret", "--length", "64")
+        self.assertEqual(len(longer.strip()), 86)
+
+    async def test_sign_url(self) -> None:
+        out, _, code = await self.run_command(
+            IMAGE_SERVER, "sign-url", "--secret", "your-secret", "--base-url",
+            "https://images.example.com", "--method", "POST", "--path", "/products", "--ttl", "15m",
+        )  # fmt: skip
+        self.assertEqual(code, 0)
+        url = urlsplit(out.strip())
+        self.assertEqual(
+            url.scheme + "://" + url.netloc + url.path, "https://images.example.com/products"
+        )
+        params = {name: values[0] for name, values in parse_qs(url.query).items()}
+        self.assertEqual(params["X-Path"], "/products")
+        self.assertIn("X-Path=%2Fproducts&", url.query)
+        Validator(lambda: ("your-secret",), 60).validate("POST", "/products/abc", params)
+        self.assertLess(abs(int(params["X-Expires"]) - (time.time() + 900)), 60)
+        for args, message in [
+            (["--path", "/x"], "image-server: --secret is required"),
+            (["--secret", "s"], "image-server: --path is required"),
+            (
+                ["--secret", "s", "--path", "/x", "--ttl", "3d"],
+                "image-server: invalid TTL duration",
+            ),
+        ]:
+            _, err, code = await self.run_command(IMAGE_SERVER, "sign-url", *args)
+            self.assertEqual(code, 1)
+            self.assertTrue(err.startswith(message), err)
+
+    async def test_cli_imports_a_directory(self) -> None:
+        """Good images (a HEIC among them) are stored with their outputs; a text file is skipped
+        with a warning; a truncated JPEG fails the command with its reason."""
+        work = os.path.abspath(self.mktemp_dir())
+        images = os.path.join(work, "in")
+        os.makedirs(os.path.join(images, "sub"))
+        for name, data in {
+            "wine.jpg": fixture("wine.jpg"),
+            "a.png": fixture("a.png"),
+            "notes.txt": b"shopping list\n",
+            "sub/wine.heic": fixture("wine.heic"),
+            "sub/broken.jpg": fixture("wine.jpg")[:30000],
+        }.items():
+            with open(os.path.join(images, name), "wb") as f:
+                f.write(data)
+        store = os.path.join(work, "store")
+        out, err, code = await self.run_command(
+            IMAGE_SERVER, "cli", images, "--outputs", "x100.jpg,w50.webp", "--namespace", "p",
+            "--local_base_path", store, "--processor_concurrency", "2",
+        )  # fmt: skip
+        self.assertEqual(code, 1, err)
+        lines = [line.split("\t") for line in out.splitlines()]
+        self.assertEqual(
+            [(line[1], line[2], line[3]) for line in lines],
+            [
+                (os.path.join(images, "a.png"), "574", "496"),
+                (os.path.join(images, "wine.jpg"), "800", "600"),
+                (os.path.join(images, "sub/wine.heic"), "800", "600"),
+            ],
+        )
+        self.assertEqual(lines[1][0], "6e0072682e66287b662827da75b244a3")
+        for line in lines:
+            directory = os.path.join(store, "p", partition(line[0]))
+            self.assertEqual(
+                sorted(os.listdir(directory)), ["info.json", "original", "w50.webp", "x100.jpg"]
+            )
+        self.assertIn(f"warning: skipped {os.path.join(images, 'notes.txt')}: not an image", err)
+        self.assertIn(f"failed: {os.path.join(images, 'sub/broken.jpg')}: ImageMagick failed", err)
+        self.assertEqual(os.listdir(os.path.join(store, "tmp")), [])
+
+    async def test_cli_needs_a_path_and_outputs(self) -> None:
+        _, err, code = await self.run_command(IMAGE_SERVER, "cli", "--outputs", "w1.jpg")
+        self.assertEqual((code, err), (1, "image-server: CLI requires the path\n"))
+        _, err, code = await self.run_command(IMAGE_SERVER, "cli", "somewhere")
+        self.assertEqual((code, err), (1, 'image-server: required flag(s) "outputs" not set\n'))
 
     async def test_bad_flag_is_one_line(self) -> None:
         _, err, code = await self.run_command(IMAGE_SERVER, "server", "--port", "abc")
