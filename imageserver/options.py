@@ -221,7 +221,7 @@ class ServerOptions(usage.Options):
         positional: list[str] = []
         expects_value = False
         for arg in args:
-            if expects_value or arg.startswith("-") and not arg.startswith("--"):
+            if expects_value or (arg.startswith("-") and not arg.startswith("--")):
                 flags.append(arg)
                 expects_value = False
                 continue
