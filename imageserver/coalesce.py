@@ -11,6 +11,14 @@ from twisted.python.failure import Failure
 T = TypeVar("T")
 
 
+def shielded(work: Deferred[T]) -> Deferred[T]:
+    """A Deferred of the caller's own for ``work``: cancelling it (a client that went away) leaves
+    the work running to its end."""
+    mine: Deferred[T] = Deferred()
+    work.chainDeferred(mine)
+    return mine
+
+
 class Coalescer(Generic[T]):
     """Runs ``start()`` once per key while a job for that key is in flight.
 

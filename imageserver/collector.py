@@ -49,7 +49,7 @@ class GarbageCollector(Service):
         self.max_age = max(1, max_age_minutes) * 60.0  # Go: <= 0 means one minute
         self.reactor = reactor
         self.interval = interval
-        self._loop = LoopingCall(lambda: ensureDeferred(self.collect()))
+        self._loop = LoopingCall(lambda: ensureDeferred(self._collect_quietly()))
         self._loop.clock = reactor
 
     def startService(self) -> None:
@@ -62,6 +62,13 @@ class GarbageCollector(Service):
             self._loop.stop()
         return None
 
+    async def _collect_quietly(self) -> None:
+        """One pass of the loop; a failure is logged, never the end of the loop."""
+        try:
+            await self.collect()
+        except Exception:
+            log.failure("garbage collection failed")
+
     async def collect(self) -> int:
         """One pass; returns how many files it deleted."""
         cutoff = self.reactor.seconds() - self.max_age
@@ -71,7 +78,7 @@ class GarbageCollector(Service):
             try:
                 in_bucket = await self.remote.names(directory)
             except S3Error as error:
-                log.warn("not collecting {directory}: {error}", directory=directory, error=error)
+                log.warn("not collecting {path}: {error}", path=directory, error=error)
                 continue
             for name in names:
                 relative = f"{directory}/{name}"

@@ -7,6 +7,7 @@ variant, the same remote file or the same source URL share one job.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,34 @@ class Images:
             self.store.commit(spool.claim(), relative)
         await self.uploads.store_now([(relative, mime.for_name(name))])
 
+    async def resolve(
+        self, namespace: str, image_hash: str, name: str, allowed_extensions: frozenset[str]
+    ) -> str:
+        """The file that answers a GET for ``name``: stored here, else read back, else made.
+
+        A stored file is served before its name is judged (as the Go server's static handler
+        did), so files another version wrote, say ``x200-q0.jpg``, stay reachable.
+        """
+        check_file_name(name)
+        relative = paths.relative_path(namespace, image_hash, name)
+        if self.store.exists(relative):
+            return self.store.path(relative)
+        try:
+            variant: Variant | None = self.parse(name)
+        except InvalidParameter as error:
+            variant, refusal = None, error
+        if variant is not None and not variant.custom:
+            check_servable(variant, allowed_extensions)
+            return await self.variant(namespace, image_hash, variant)
+        # The original, info.json, an attachment, or a file made elsewhere: the bucket may have it.
+        path = await self.find_relative(relative)
+        if path is not None:
+            return path
+        if variant is None:
+            raise refusal
+        check_servable(variant, allowed_extensions)
+        return await self.variant(namespace, image_hash, variant)
+
     async def find(self, namespace: str, image_hash: str, name: str) -> str | None:
         """The local path of a stored file, read back from the bucket if need be."""
         return await self.find_relative(paths.relative_path(namespace, image_hash, name))
@@ -200,8 +229,12 @@ class Images:
             return False
 
     async def _ensure_original(self, namespace: str, image_hash: str) -> None:
-        if await self.find(namespace, image_hash, ORIGINAL) is None:
+        """Have the original here, and mark it used so the collector leaves it for a while."""
+        path = await self.find(namespace, image_hash, ORIGINAL)
+        if path is None:
             raise NotFound(f"image {namespace}/{image_hash} does not exist")
+        if self.remote is not None:
+            os.utime(path)
 
     async def _render(
         self, relative: str, variant: Variant, output_format: str, labels: tuple[str, str, str]
@@ -234,6 +267,9 @@ class Images:
         uploaded), else by the local store.  The first error is raised once all jobs are done.
         """
         await self._ensure_original(namespace, image_hash)
+        if not names:
+            self.metrics.versions_noop.labels(namespace).inc()
+            return
         variants = [self.parse(name) for name in names]
         for variant in variants:
             check_servable(variant, allowed_extensions=frozenset())

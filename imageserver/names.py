@@ -113,6 +113,16 @@ def is_generated(name: str) -> bool:
     return any(form.fullmatch(name) for form in forms)
 
 
+# Generated files never change; attachments can be replaced, so caches must revalidate them.
+CACHE_IMMUTABLE = "public, max-age=31536000, immutable"
+CACHE_REVALIDATE = "public, no-cache"
+
+
+def cache_control(name: str) -> str:
+    """The ``Cache-Control`` of a stored file, in responses and in the bucket alike."""
+    return CACHE_IMMUTABLE if is_generated(name) else CACHE_REVALIDATE
+
+
 def check_servable(variant: Variant, allowed_extensions: frozenset[str]) -> None:
     """Apply the ``--extensions`` allow-list (empty: allow all) and our writers' limits.
 

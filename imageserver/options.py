@@ -63,7 +63,9 @@ class Config:
     extensions: tuple[str, ...] = _flag(
         DEFAULT_EXTENSIONS, "Extensions served on GET, comma separated; empty allows all."
     )
-    remote_base_url: str = _flag("", "Base URL of the remote store (read-back).")
+    remote_base_url: str = _flag(
+        "", "Accepted for compatibility: files are read back through the S3 API."
+    )
     remote_base_path: str = _flag("", "Key prefix in the remote store.")
     uploader: str = _flag(
         "", "Remote store: s3, noop, or empty for S3 exactly when a bucket is given."

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from imageserver import paths
 from imageserver.coalesce import Coalescer
+from imageserver.names import ORIGINAL, cache_control
 from imageserver.s3 import S3Client, S3Error
 from imageserver.spool import Spool
 from imageserver.store import LocalStore
@@ -52,7 +53,7 @@ class RemoteStore:
         """Note whether the bucket answers; log when that changes."""
         try:
             await self.client.check()
-        except S3Error as error:
+        except Exception as error:  # S3Error, or anything else: never stop checking
             if self.reachable or not self._checker.running:
                 log.error("the bucket cannot be reached: {error}", error=error)
             self.reachable = False
@@ -71,15 +72,23 @@ class RemoteStore:
         try:
             if not await self.client.get_into(self.key(relative), spool):
                 return False
+            directory, _, name = relative.rpartition("/")
+            if name == ORIGINAL and spool.hexdigest != directory.split("/", 1)[1].replace("/", ""):
+                raise S3Error(0, "Corrupt", f"{relative} does not match its hash")
+            if self.store.exists(relative):
+                return True  # written here while we read (a new attachment): keep the newer file
             self.store.commit(spool.claim(), relative)
             return True
         finally:
             spool.close()
 
     async def put(self, relative: str, content_type: str) -> None:
-        await self.client.put_file(self.key(relative), self.store.path(relative), content_type)
+        cache = cache_control(posixpath.basename(relative))
+        await self.client.put_file(
+            self.key(relative), self.store.path(relative), content_type, cache
+        )
 
     async def names(self, directory: str) -> set[str]:
         """The file names the bucket holds in one image directory."""
-        keys = await self.client.list_keys(self.key(directory) + "/")
+        keys = await self.client.list_keys(self.key(directory) + "/", delimiter="/")
         return {posixpath.basename(key) for key in keys}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -11,11 +12,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from imageserver import mime
+from imageserver.names import cache_control, is_generated
 
-# Variants are immutable: a name always means the same pixels of the same original.
-IMMUTABLE = b"public, max-age=31536000, immutable"
-# Attachments can be replaced: caches keep them but check the validator first.
-REVALIDATE = b"public, no-cache"
 JSON_TYPE = b"application/json; charset=UTF-8"
 
 
@@ -30,8 +28,16 @@ def error_body(request: IRequest, status: int, message: str, code: str) -> bytes
     return json_body(request, status, {"error": message, "code": code})
 
 
-def entity_tag(stat: os.stat_result) -> bytes:
-    """A strong validator from size and modification time: it changes whenever the file does."""
+def entity_tag(stat: os.stat_result, identity: str | None) -> bytes:
+    """A strong validator.
+
+    A generated file (``identity``: its relative path) is the same bytes on every instance, so its
+    tag is made of its path and size, and a CDN revalidating against another instance gets its 304.
+    Anything else changes with its modification time.
+    """
+    if identity is not None:
+        digest = hashlib.md5(f"{identity}:{stat.st_size}".encode()).hexdigest()[:20]
+        return f'"{digest}"'.encode()
     return b'"%x-%x"' % (stat.st_size, stat.st_mtime_ns)
 
 
@@ -43,16 +49,18 @@ class CachedFile(static.File):
     browser could run (HTML, SVG) from being shown inline.
     """
 
-    def __init__(self, path: str, content_type: str, immutable: bool) -> None:
+    def __init__(self, path: str, relative: str, content_type: str) -> None:
         super().__init__(path, defaultType=content_type)
+        name = relative.rpartition("/")[2]
         self.inline = content_type in mime.INLINE_TYPES
         self.type = content_type if self.inline else "application/octet-stream"  # type: ignore[assignment]
         self.encoding = None
-        self.cache_control = IMMUTABLE if immutable else REVALIDATE
+        self.cache_control = cache_control(name).encode()
+        self.identity = relative if is_generated(name) else None
 
     def render_GET(self, request: Request) -> bytes | int:
         stat = os.stat(self.path)
-        tag = entity_tag(stat)
+        tag = entity_tag(stat, self.identity)
         request.setHeader(b"ETag", tag)
         request.setHeader(b"Cache-Control", self.cache_control)
         request.setHeader(b"X-Content-Type-Options", b"nosniff")

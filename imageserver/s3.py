@@ -7,8 +7,9 @@ and to files.  S3's error XML becomes an `S3Error` carrying S3's own code.
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode, urlsplit
@@ -17,18 +18,23 @@ import treq
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.web.client import FileBodyProducer
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from imageserver.spool import Spool
 
 _NAMESPACE = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-# Per request: time to the response's headers (a PUT's body streams within it).
-REQUEST_TIMEOUT = 240.0
-# A year-long immutable Cache-Control, for a CDN in front of the bucket (DECISIONS D8).
-CACHE_CONTROL = "public, max-age=31536000, immutable"
+# Seconds until a response's headers: short for metadata, long for a PUT (its body goes first).
+REQUEST_TIMEOUT = 30.0
+PUT_TIMEOUT = 240.0
+# Seconds for a whole GET body to arrive.
+READ_TIMEOUT = 300.0
+# Seconds frozen credentials from the AWS chain are reused (botocore refreshes role keys well
+# before they expire, so a few minutes is safe).
+CREDENTIALS_REUSE = 300.0
 
 
 class S3Error(Exception):
@@ -39,11 +45,6 @@ class S3Error(Exception):
         super().__init__(f"S3 {code} ({status}): {message}" if status else f"S3 {message}")
         self.status = status
         self.code = code
-
-    @property
-    def retryable(self) -> bool:
-        """Worth trying again: S3 or the network failed, not the request."""
-        return self.status == 0 or self.status >= 500 or self.code in ("SlowDown", "RequestTimeout")
 
 
 class CredentialSource(Protocol):
@@ -68,14 +69,24 @@ class ChainCredentials:
     """The standard AWS chain (environment, profiles, container and instance roles).
 
     Looked up in a thread: the chain may call the instance metadata service, and refreshing a
-    role's keys is a network call too.
+    role's keys is a network call too.  Frozen keys are reused for a few minutes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._credentials: Credentials | None = None
+        self._frozen: tuple[float, ReadOnlyCredentials] | None = None
+        self._clock = clock
 
     def frozen(self) -> Deferred[ReadOnlyCredentials]:
-        return deferToThread(self._lookup)
+        if self._frozen is not None and self._clock() - self._frozen[0] < CREDENTIALS_REUSE:
+            return succeed(self._frozen[1])
+        looking = deferToThread(self._lookup)
+
+        def keep(credentials: ReadOnlyCredentials) -> ReadOnlyCredentials:
+            self._frozen = (self._clock(), credentials)
+            return credentials
+
+        return looking.addCallback(keep)
 
     def _lookup(self) -> ReadOnlyCredentials:
         if self._credentials is None:
@@ -102,11 +113,14 @@ class Bucket:
 
     def url(self, key: str = "", query: Mapping[str, str] | None = None) -> str:
         path = quote(key, safe="/~")
+        region = self.region or "us-east-1"
         if self.endpoint:
             base = f"{self.endpoint.rstrip('/')}/{self.name}"
-        else:
-            base = f"https://{self.name}.s3.{self.region or 'us-east-1'}.amazonaws.com"
-        url = f"{base}/{path}" if key else base
+            url = f"{base}/{path}" if key else base
+        elif "." in self.name:  # a dotted name breaks the wildcard certificate: path-style
+            url = f"https://s3.{region}.amazonaws.com/{self.name}/{path}".removesuffix("/")
+        else:  # virtual-hosted; the bucket itself is "/"
+            url = f"https://{self.name}.s3.{region}.amazonaws.com/{path}"
         if query:
             url += "?" + urlencode(sorted(query.items()), quote_via=quote, safe="~")
         return url
@@ -116,29 +130,42 @@ class S3Client:
     """PUT, GET, HEAD, LIST and DELETE on one bucket."""
 
     def __init__(
-        self, http: Any, bucket: Bucket, credentials: CredentialSource, acl: str = ""
+        self,
+        http: Any,
+        bucket: Bucket,
+        credentials: CredentialSource,
+        reactor: IReactorTime,
+        acl: str = "",
     ) -> None:
         self._http = http
         self.bucket = bucket
         self._credentials = credentials
+        self._reactor = reactor
         self._acl = acl
 
-    async def put_file(self, key: str, path: str, content_type: str) -> None:
-        headers = {"Content-Type": content_type, "Cache-Control": CACHE_CONTROL}
+    async def put_file(self, key: str, path: str, content_type: str, cache_control: str) -> None:
+        headers = {"Content-Type": content_type, "Cache-Control": cache_control}
         if self._acl:
             headers["x-amz-acl"] = self._acl
         with open(path, "rb") as body:
-            response = await self._request("PUT", key, headers=headers, body=body)
+            response = await self._request("PUT", key, headers, body=body, timeout=PUT_TIMEOUT)
         await _expect(response, 200)
 
     async def get_into(self, key: str, spool: Spool) -> bool:
-        """Write an object into ``spool``; False when it does not exist."""
+        """Write an object into ``spool``; False when it does not exist.
+
+        The whole body must arrive within `READ_TIMEOUT`, and as long as S3 said it would be.
+        """
         response = await self._request("GET", key)
         if response.code == 404:
-            await treq.content(response)
+            await _read(response)
             return False
         await _expect(response, 200, keep_body=True)
-        await treq.collect(response, spool.write)
+        receiving = treq.collect(response, spool.write)
+        receiving.addTimeout(READ_TIMEOUT, self._reactor)
+        await _guarded(receiving, "the object's body did not arrive")
+        if response.length not in (UNKNOWN_LENGTH, spool.size):
+            raise S3Error(0, "Truncated", f"{key}: {spool.size} of {response.length} bytes")
         return True
 
     async def exists(self, key: str) -> bool:
@@ -152,12 +179,15 @@ class S3Client:
         response = await self._request("DELETE", key)
         await _expect(response, 204)
 
-    async def list_keys(self, prefix: str, page_size: int = 1000) -> list[str]:
-        """Every key under ``prefix``, following ListObjectsV2's pages."""
+    async def list_keys(self, prefix: str, page_size: int = 1000, delimiter: str = "") -> list[str]:
+        """Every key under ``prefix`` (with a delimiter, only the level below it), following
+        ListObjectsV2's pages."""
         keys: list[str] = []
         token = ""
         while True:
             query = {"list-type": "2", "prefix": prefix, "max-keys": str(page_size)}
+            if delimiter:
+                query["delimiter"] = delimiter
             if token:
                 query["continuation-token"] = token
             response = await self._request("GET", "", query=query)
@@ -179,33 +209,58 @@ class S3Client:
         headers: dict[str, str] | None = None,
         query: Mapping[str, str] | None = None,
         body: Any = None,
+        timeout: float = REQUEST_TIMEOUT,
     ) -> IResponse:
         url = self.bucket.url(key, query)
         request = AWSRequest(method=method, url=url, headers=dict(headers or {}))
-        # Bodies stream from disk, so they are not hashed into the signature.
-        request.headers["X-Amz-Content-SHA256"] = "UNSIGNED-PAYLOAD"
-        credentials = await self._credentials.frozen()
-        S3SigV4Auth(credentials, "s3", self.bucket.region or "us-east-1").add_auth(request)
-        signed = {name.encode(): [value.encode()] for name, value in request.headers.items()}
         try:
-            response: IResponse = await self._http.request(
-                method,
-                url.encode("ascii"),
-                headers=signed,
-                data=FileBodyProducer(body) if body is not None else None,
-                timeout=REQUEST_TIMEOUT,
-            )
-        except Exception as error:  # connection refused, DNS, timeout...
-            host = urlsplit(url).netloc
-            raise S3Error(0, "Unreachable", f"{host} could not be reached: {error}") from error
+            credentials = await self._credentials.frozen()
+        except S3Error:
+            raise
+        except Exception as error:  # the chain's own errors (expired SSO, no metadata service...)
+            raise S3Error(0, "NoCredentials", f"AWS credentials: {error}") from error
+        _UnsignedPayloadAuth(credentials, "s3", self.bucket.region or "us-east-1").add_auth(request)
+        signed = {name.encode(): [value.encode()] for name, value in request.headers.items()}
+        sending = self._http.request(
+            method,
+            url.encode("ascii"),
+            headers=signed,
+            data=FileBodyProducer(body) if body is not None else None,
+            timeout=timeout,
+        )
+        host = urlsplit(url).netloc
+        response: IResponse = await _guarded(sending, f"{host} could not be reached")
         return response
+
+
+class _UnsignedPayloadAuth(S3SigV4Auth):
+    """SigV4 with ``X-Amz-Content-SHA256: UNSIGNED-PAYLOAD``: bodies stream from disk, so they are
+    not hashed in advance (botocore would otherwise sign the hash of an empty body)."""
+
+    def _should_sha256_sign_payload(self, request: AWSRequest) -> bool:
+        return False
+
+
+async def _guarded(operation: Deferred[Any], what: str) -> Any:
+    """Await a network operation, turning any failure (refused, reset, timed out) into `S3Error`."""
+    try:
+        return await operation
+    except S3Error:
+        raise
+    except Exception as error:
+        raise S3Error(0, "Unreachable", f"{what}: {error}") from error
+
+
+async def _read(response: IResponse) -> bytes:
+    body: bytes = await _guarded(treq.content(response), "the response was cut off")
+    return body
 
 
 async def _expect(response: IResponse, status: int, keep_body: bool = False) -> bytes:
     """Return the body of a response with ``status``; raise `S3Error` for anything else."""
     if response.code == status or (status == 204 and response.code == 200):
-        return b"" if keep_body else await treq.content(response)
-    body = await treq.content(response)
+        return b"" if keep_body else await _read(response)
+    body = await _read(response)
     code, message = f"Http{response.code}", body.decode("utf-8", "replace")[:200]
     if body.startswith(b"<"):
         try:

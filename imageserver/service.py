@@ -56,12 +56,16 @@ class Engine(service.MultiService):
         self.pool.setServiceParent(self)
         self.metrics.watch_pool(self.pool)
         self.http_pool = HTTPConnectionPool(reactor)
+        # Keep a connection per concurrent upload alive, and some for reads.
+        self.http_pool.maxPersistentPerHost = 2 * config.uploader_concurrency
         agent = Agent(reactor, pool=self.http_pool)
         self.remote: RemoteStore | None = None
         self.uploads: Uploader | NoUploads = NoUploads()
         if config.effective_uploader == "s3":
             bucket = Bucket(config.aws_bucket, config.aws_region, config.s3_endpoint)
-            client = S3Client(HTTPClient(agent), bucket, _credentials(config), config.s3_acl)
+            client = S3Client(
+                HTTPClient(agent), bucket, _credentials(config), reactor, config.s3_acl
+            )
             self.remote = RemoteStore(client, config.remote_base_path, self.store)
             self.uploads = Uploader(
                 self.remote, self.store, self.metrics, reactor, config.uploader_concurrency

@@ -79,9 +79,18 @@ class LocalStore:
 
 
 def move_into_place(temporary: str, destination: str) -> None:
-    """Rename a finished file to its final path (same filesystem), creating its directories."""
-    os.makedirs(os.path.dirname(destination), mode=DIRECTORY_MODE, exist_ok=True)
-    os.replace(temporary, destination)
+    """Rename a finished file to its final path (same filesystem), creating its directories.
+
+    Tried twice: the garbage collector may remove an empty directory between the two steps.
+    """
+    for attempt in (1, 2):
+        os.makedirs(os.path.dirname(destination), mode=DIRECTORY_MODE, exist_ok=True)
+        try:
+            os.replace(temporary, destination)
+            return
+        except FileNotFoundError:
+            if attempt == 2 or not os.path.exists(temporary):
+                raise
 
 
 def remove_quietly(path: str) -> None:

@@ -15,11 +15,18 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    DeferredSemaphore,
+    ensureDeferred,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from imageserver.coalesce import shielded
 from imageserver.metrics import Metrics
 from imageserver.remote import RemoteStore
 from imageserver.s3 import S3Error
@@ -80,8 +87,12 @@ class Uploader(Service):
         self.quick_retries = quick_retries
         self.background_delays = background_delays
         self.journal = os.path.join(store.base, PENDING_DIRECTORY)
-        self._slots = DeferredSemaphore(concurrency)
+        # Uploads a client waits for never queue behind the background's backlog.
+        self._now_slots = DeferredSemaphore(concurrency)
+        self._background_slots = DeferredSemaphore(concurrency)
         self._background: dict[str, Deferred[None]] = {}
+        # One upload of a key at a time, so an older version never lands after a newer one.
+        self._keys: dict[str, DeferredLock] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -114,7 +125,8 @@ class Uploader(Service):
         for relative, content_type in files:
             self._write_marker(relative, content_type)
         uploads = [ensureDeferred(self._upload_now(*file)) for file in files]
-        return DeferredList(uploads, consumeErrors=True).addCallback(lambda _: None)
+        done = DeferredList(uploads, consumeErrors=True).addCallback(lambda _: None)
+        return shielded(done)  # a client that goes away does not stop its uploads
 
     def store_later(self, relative: str, content_type: str) -> None:
         """Upload in the background (a variant made by a GET)."""
@@ -126,7 +138,8 @@ class Uploader(Service):
         for attempt, delay in enumerate(delays, start=1):
             if delay:
                 await deferLater(self.reactor, delay, lambda: None)
-            if await self._try(relative, content_type, last=attempt == len(delays)):
+            last = attempt == len(delays)
+            if await self._try(relative, content_type, self._now_slots, last):
                 return
         self._retry_in_background(relative, content_type)
 
@@ -151,29 +164,44 @@ class Uploader(Service):
         delay = next(delays) if first_delay is None else first_delay
         while self.running:
             await deferLater(self.reactor, delay, lambda: None)
-            if await self._try(relative, content_type, last=True):
+            if await self._try(relative, content_type, self._background_slots, last=True):
                 return
             delay = next(delays, longest)
 
-    async def _try(self, relative: str, content_type: str, last: bool) -> bool:
-        """One upload; True once the file is in the bucket (or gone from here)."""
-        if not os.path.exists(self.store.path(relative)):
+    async def _try(
+        self, relative: str, content_type: str, slots: DeferredSemaphore, last: bool
+    ) -> bool:
+        """One upload; True once this version of the file is in the bucket (or it is gone)."""
+        key_lock = self._keys.setdefault(relative, DeferredLock())
+        await key_lock.acquire()
+        try:
+            return await self._put(relative, content_type, slots, last)
+        finally:
+            key_lock.release()
+            if not key_lock.locked and not key_lock.waiting:
+                self._keys.pop(relative, None)
+
+    async def _put(
+        self, relative: str, content_type: str, slots: DeferredSemaphore, last: bool
+    ) -> bool:
+        before = _fingerprint(self.store.path(relative))
+        if before is None:
             self._cross_off(relative)  # deleted or never written: nothing to keep
             return True
+        await slots.acquire()
         try:
             with self.metrics.upload_seconds.time():
-                await self._slots.run(
-                    lambda: ensureDeferred(self.remote.put(relative, content_type))
-                )
-        except S3Error as error:
-            self.metrics.upload_failures.labels(error.code).inc()
+                await self.remote.put(relative, content_type)
+        except Exception as error:
+            code = error.code if isinstance(error, S3Error) else type(error).__name__
+            self.metrics.upload_failures.labels(code).inc()
             if last:
-                log.warn(
-                    "upload of {relative} failed, will retry: {error}",
-                    relative=relative,
-                    error=error,
-                )
+                log.warn("upload of {path} failed, will retry: {error}", path=relative, error=error)
             return False
+        finally:
+            slots.release()
+        if _fingerprint(self.store.path(relative)) != before:
+            return False  # replaced while it was uploading: upload the new version too
         self._cross_off(relative)
         return True
 
@@ -199,3 +227,12 @@ class Uploader(Service):
             except (OSError, ValueError, KeyError):
                 log.warn("dropping an unreadable upload marker {path}", path=path)
                 remove_quietly(path)
+
+
+def _fingerprint(path: str) -> tuple[int, int] | None:
+    """Size and modification time: what tells one version of a file from the next."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns

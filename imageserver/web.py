@@ -17,17 +17,11 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from imageserver import mime, paths
-from imageserver.errors import ImageServerError, NotFound, Overloaded, StorageUnavailable
+from imageserver.errors import ImageServerError, NotFound, Overloaded
 from imageserver.guard import SignatureGuard
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
-from imageserver.names import (
-    RESERVED_NAMES,
-    check_file_name,
-    check_servable,
-    is_generated,
-    split_outputs,
-)
+from imageserver.names import split_outputs
 from imageserver.responses import CachedFile, error_body, json_body
 from imageserver.signature import Validator
 from imageserver.spool import Spool
@@ -103,25 +97,12 @@ class MainApp:
 
     @app.route(IMAGE + "/<name>", methods=["GET", "HEAD"])
     async def fetch(self, request: IRequest, namespace: str, name: str, **parts: str) -> IResource:
-        """A stored file as it is; a missing variant made first.
-
-        Stored files are served before the name is judged, as the Go server's static handler does,
-        so files another version wrote (say ``x200-q0.jpg``) stay reachable.
-        """
+        """A stored file, read back from the bucket or made first when need be."""
         image_hash = _image_hash(namespace, parts)
         with self.images.metrics.latency.labels("resize_image").time():
-            check_file_name(name)
-            try:
-                path = await self.images.find(namespace, image_hash, name)
-            except StorageUnavailable:
-                if name in RESERVED_NAMES or not is_generated(name):
-                    raise
-                path = None  # a variant can still be made here, from a local original
-            if path is None:
-                variant = self.images.parse(name)
-                check_servable(variant, self.allowed_extensions)
-                path = await self.images.variant(namespace, image_hash, variant)
-        return CachedFile(path, mime.content_type_of(name, path), immutable=is_generated(name))
+            path = await self.images.resolve(namespace, image_hash, name, self.allowed_extensions)
+        relative = paths.relative_path(namespace, image_hash, name)
+        return CachedFile(path, relative, mime.content_type_of(name, path))
 
     @app.route(IMAGE + "/<name>", methods=["POST"])
     async def attach(self, request: IRequest, namespace: str, name: str, **parts: str) -> bytes:

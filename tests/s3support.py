@@ -130,6 +130,7 @@ class FaultyProxy(resource.Resource):
         self.target = target
         self.failures: list[tuple[bytes, int]] = []
         self.requests: list[tuple[str, str]] = []
+        self.payload_hashes: list[str] = []
         self.port = reactor.listenTCP(0, server.Site(self), interface="127.0.0.1")
         testcase.addCleanup(self.port.stopListening)
         self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
@@ -140,6 +141,7 @@ class FaultyProxy(resource.Resource):
 
     def render(self, request: server.Request) -> Any:
         self.requests.append((request.method.decode(), request.uri.decode()))
+        self.payload_hashes.append((request.getHeader(b"x-amz-content-sha256") or b"").decode())
         for index, (method, status) in enumerate(self.failures):
             if method == request.method:
                 del self.failures[index]

@@ -7,6 +7,7 @@ import shutil
 import time
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 
 from imageserver.collector import GarbageCollector
@@ -112,6 +113,8 @@ class UploadTests(S3TestCase):
         self.assertIn(f"{WINE_KEY}/original", self.objects())
         self.assertEqual(proxy.puts_of("/original") + proxy.puts_of("/info.json"), 4)
         self.assertEqual(self.server.uploads.pending, 0)
+        # Bodies stream from disk unhashed, and the signature says so (AWS checks it; moto not).
+        self.assertEqual(set(proxy.payload_hashes), {"UNSIGNED-PAYLOAD"})
 
     async def test_wrong_secret(self) -> None:
         """Every request is refused (403): uploads are kept locally and queued, ready says 503."""
@@ -328,6 +331,10 @@ class ClientTests(S3TestCase):
         self.assertEqual(
             aws.url("p/a b+ü.jpg"), "https://images.s3.eu-west-1.amazonaws.com/p/a%20b%2B%C3%BC.jpg"
         )
+        self.assertEqual(aws.url(), "https://images.s3.eu-west-1.amazonaws.com/")
+        dotted = Bucket("images.example.com", "eu-west-1")
+        self.assertEqual(dotted.url("k"), "https://s3.eu-west-1.amazonaws.com/images.example.com/k")
+        self.assertEqual(dotted.url(), "https://s3.eu-west-1.amazonaws.com/images.example.com")
         custom = Bucket("images", "us-east-1", "http://127.0.0.1:9000/")
         self.assertEqual(
             custom.url("k", {"prefix": "a/b"}), "http://127.0.0.1:9000/images/k?prefix=a%2Fb"
@@ -339,7 +346,7 @@ class ClientTests(S3TestCase):
         path = self.local("upload.bin")
         with open(path, "wb") as data:
             data.write(b"0123456789")
-        await client.put_file("x/y", path, "application/octet-stream")
+        await client.put_file("x/y", path, "application/octet-stream", "no-store")
         self.assertTrue(await client.exists("x/y"))
         await client.delete("x/y")
         self.assertFalse(await client.exists("x/y"))
@@ -347,6 +354,7 @@ class ClientTests(S3TestCase):
             client._http,
             Bucket("no-such-bucket", "us-east-1", self.moto.endpoint),
             client._credentials,
+            reactor,
         )
         error = await self.assertFailure(ensureDeferred(missing_bucket.list_keys("")), S3Error)
         self.assertEqual((error.status, error.code), (404, "NoSuchBucket"))

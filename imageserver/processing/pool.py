@@ -22,6 +22,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 import imageserver
+from imageserver.coalesce import shielded
 from imageserver.errors import ImageServerError, Overloaded, ProcessingFailed
 from imageserver.processing import commands
 from imageserver.processing.worker import Worker
@@ -158,9 +159,7 @@ class WorkerPool(Service):
 
         job.addBoth(_done)
         job.addErrback(_worker_failure)
-        mine: Deferred[dict[str, Any]] = Deferred()
-        job.chainDeferred(mine)
-        return mine
+        return shielded(job)
 
 
 def _worker_failure(reason: Failure) -> Failure:
