@@ -22,7 +22,7 @@ import botocore.session
 import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -131,6 +131,7 @@ class FaultyProxy(resource.Resource):
         self.failures: list[tuple[bytes, int]] = []
         self.requests: list[tuple[str, str]] = []
         self.payload_hashes: list[str] = []
+        self.gates: dict[bytes, Deferred[None]] = {}
         self.port = reactor.listenTCP(0, server.Site(self), interface="127.0.0.1")
         testcase.addCleanup(self.port.stopListening)
         self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
@@ -138,6 +139,13 @@ class FaultyProxy(resource.Resource):
 
     def fail(self, method: str, times: int, status: int = 500) -> None:
         self.failures.extend([(method.encode(), status)] * times)
+
+    def hold(self, method: str) -> Deferred[None]:
+        """Hold the answers to requests of ``method`` (moto has already acted on them) until the
+        returned Deferred is fired."""
+        gate: Deferred[None] = Deferred()
+        self.gates[method.encode()] = gate
+        return gate
 
     def render(self, request: server.Request) -> Any:
         self.requests.append((request.method.decode(), request.uri.decode()))
@@ -152,6 +160,7 @@ class FaultyProxy(resource.Resource):
         return server.NOT_DONE_YET
 
     async def _forward(self, request: server.Request) -> None:
+        gate = self.gates.get(request.method)
         headers = {
             name: values
             for name, values in request.requestHeaders.getAllRawHeaders()
@@ -165,6 +174,8 @@ class FaultyProxy(resource.Resource):
             data=body if body else None,
         )
         content = await treq.content(response)
+        if gate is not None:
+            await gate
         request.setResponseCode(response.code)
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() not in (

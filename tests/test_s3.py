@@ -157,6 +157,64 @@ class UploadTests(S3TestCase):
         self.assertEqual(self.server.uploads.pending, 0)
 
 
+class RaceTests(S3TestCase):
+    """Timings that used to lose data, made deterministic by a proxy that holds requests."""
+
+    async def test_a_slow_read_back_never_replaces_a_newer_upload(self) -> None:
+        proxy = FaultyProxy(self, moto().endpoint)
+        await self.start_s3_server(endpoint=proxy.endpoint)
+        url = f"{self.url}/p/{WINE_DIR}/notes.txt"
+        await request("POST", url, data=b"version 1")
+        os.remove(self.local("p", WINE_DIR, "notes.txt"))
+        release = proxy.hold("GET")
+        reading = ensureDeferred(request("GET", url))
+        await sleep(0.2)
+        del proxy.gates[b"GET"]
+        self.assertEqual((await request("POST", url, data=b"version 2")).code, 200)
+        release.callback(None)
+        await reading
+        with open(self.local("p", WINE_DIR, "notes.txt"), "rb") as stored:
+            self.assertEqual(stored.read(), b"version 2")
+        self.assertEqual(self.objects()[f"{WINE_KEY}/notes.txt"]["body"], b"version 2")
+        self.assertEqual(self.server.uploads.pending, 0)
+
+    async def test_uploads_go_on_when_the_client_leaves(self) -> None:
+        proxy = FaultyProxy(self, moto().endpoint)
+        await self.start_s3_server(endpoint=proxy.endpoint)
+        release = proxy.hold("PUT")
+        leaving = ensureDeferred(self.upload(fixture("wine.jpg")))
+        await self.wait_for(lambda: proxy.puts_of("/original") == 1, "the upload to start")
+        leaving.cancel()
+        self.failureResultOf(leaving)
+        release.callback(None)
+        await self.wait_for(lambda: self.server.uploads.pending == 0, "the uploads to finish")
+        self.assertIn(f"{WINE_KEY}/original", self.objects())
+
+    async def test_no_credentials_anywhere(self) -> None:
+        """The AWS chain finds nothing: uploads wait in the journal and ready says 503."""
+        self.moto = moto()
+        self.bucket = self.moto.new_bucket()
+        environment = {
+            name: value for name, value in os.environ.items() if not name.startswith("AWS_")
+        }
+        environment.update(
+            AWS_EC2_METADATA_DISABLED="true",
+            AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+            AWS_CONFIG_FILE="/nonexistent",
+        )
+        self.patch(os, "environ", environment)
+        await self.start_server(
+            aws_bucket=self.bucket, s3_endpoint=self.moto.endpoint, aws_region="us-east-1"
+        )
+        self.server.uploads.quick_retries = ()
+        await self.wait_for(lambda: not self.server.remote.reachable, "the check")
+        self.assertEqual((await request("GET", f"{self.admin_url}/probe/ready")).code, 503)
+        await self.upload_wine()
+        self.assertEqual(self.server.uploads.pending, 2)
+        page = (await request("GET", f"{self.admin_url}/metrics")).body.decode()
+        self.assertIn('image_server_s3_upload_failures_total{code="NoCredentials"}', page)
+
+
 class ReadBackTests(S3TestCase):
     async def test_wiped_local_store_loses_nothing(self) -> None:
         await self.start_s3_server()
