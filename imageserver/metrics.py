@@ -11,7 +11,7 @@ import platform
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import imageserver
@@ -19,6 +19,8 @@ import imageserver
 # The Go client's default buckets, which the Go server's dashboards expect.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 VARIANT_LABELS = ("namespace", "format", "quality")
+# Variants: a few ms for a thumbnail of a small JPEG, seconds for AVIF from a 12 MP photo.
+PROCESSING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 # Uploads: a few ms for info.json on a LAN, up to minutes for a large original far away.
 UPLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 240)
 
@@ -83,6 +85,46 @@ class Metrics:
             ("code",),
             registry=registry,
         )
+        self.source_downloaded = Counter(
+            "image_server_fetch_source_downloaded", "Source URLs downloaded.", registry=registry
+        )
+        self.original_downloaded = Counter(
+            "image_server_fetch_original_downloaded",
+            "Originals read back from the bucket.",
+            registry=registry,
+        )
+        self.original_unavailable = Counter(
+            "image_server_fetch_original_unavailable",
+            "Originals asked for and found nowhere, or sources that could not be downloaded.",
+            registry=registry,
+        )
+        self.original_download_skipped = Counter(
+            "image_server_fetch_original_download_skipped",
+            "Originals needed for a variant and already here.",
+            registry=registry,
+        )
+        self.processing_seconds = Histogram(
+            "image_server_processing_seconds",
+            "Time to make one variant, queue included, by output format.",
+            ("format",),
+            buckets=PROCESSING_BUCKETS,
+            registry=registry,
+        )
+        self.source_seconds = Histogram(
+            "image_server_source_download_seconds",
+            "Time to download a source URL.",
+            buckets=UPLOAD_BUCKETS,
+            registry=registry,
+        )
+        self.source_bytes = Counter(
+            "image_server_source_download_bytes", "Bytes of source downloads.", registry=registry
+        )
+        self.webhook_deliveries = Counter(
+            "image_server_webhook_deliveries",
+            "Webhook events: delivered, failed (after 3 attempts) or dropped (queue full).",
+            ("event", "outcome"),
+            registry=registry,
+        )
         self.latency = Histogram(
             "image_server_request_latency_seconds",
             "Time spent in each handler.",
@@ -111,6 +153,9 @@ class PoolState(Protocol):
 
     @property
     def queued(self) -> int: ...
+
+    @property
+    def crashes(self) -> int: ...
 
 
 class UploadState(Protocol):
@@ -145,4 +190,14 @@ class _PoolCollector(Collector):
         )
         yield GaugeMetricFamily(
             "image_server_queue_depth", "Jobs waiting for a worker.", value=self.pool.queued
+        )
+        yield GaugeMetricFamily(
+            "image_server_workers_busy",
+            "Workers running a job.",
+            value=min(self.pool.in_flight, self.pool.size),
+        )
+        yield CounterMetricFamily(
+            "image_server_worker_crashes",
+            "Workers that died or were killed (timeout) during a job; each is replaced.",
+            value=self.pool.crashes,
         )

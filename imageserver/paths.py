@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 from imageserver.errors import InvalidParameter, NotFound
 
@@ -52,3 +53,15 @@ def remote_key(remote_base_path: str, relative: str) -> str:
     """The object key: base and relative path joined and cleaned like Go's ``filepath.Join``."""
     joined = posixpath.join(remote_base_path, relative) if remote_base_path else relative
     return posixpath.normpath(joined)
+
+
+def remote_url(remote_base_url: str, key: str) -> str:
+    """Where a client reads an object: the base URL with its path joined to the key (SPEC §1).
+
+    The base's query string is kept and slashes collapse; no base means no URL ("").
+    """
+    if not remote_base_url:
+        return ""
+    parts = urlsplit(remote_base_url)
+    path = posixpath.normpath(posixpath.join(parts.path or "/", key.lstrip("/")))
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))

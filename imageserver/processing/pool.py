@@ -61,6 +61,7 @@ class WorkerPool(Service):
         self.max_jobs = max_jobs
         self.environment = worker_environment(environment)
         self.in_flight = 0
+        self.crashes = 0
         self.ready = False
         self._pool: Any = None
 
@@ -158,16 +159,18 @@ class WorkerPool(Service):
             return result
 
         job.addBoth(_done)
-        job.addErrback(_worker_failure)
+        job.addErrback(self._worker_failure)
         return shielded(job)
 
-
-def _worker_failure(reason: Failure) -> Failure:
-    """Keep our own errors; turn a dead or killed worker into a 500 for this job only."""
-    if reason.check(ImageServerError):
-        return reason
-    if reason.check(net_error.ProcessTerminated, net_error.ConnectionLost, net_error.ProcessDone):
-        error = ImageServerError("the image worker stopped during the job (crash or timeout)")
-        return Failure(error)
-    log.failure("unexpected worker failure", reason)
-    return Failure(ProcessingFailed(reason.getErrorMessage()))
+    def _worker_failure(self, reason: Failure) -> Failure:
+        """Keep our own errors; a dead or killed worker fails this job only, with a 500."""
+        if reason.check(ImageServerError):
+            return reason
+        if reason.check(
+            net_error.ProcessTerminated, net_error.ConnectionLost, net_error.ProcessDone
+        ):
+            self.crashes += 1
+            error = ImageServerError("the image worker stopped during the job (crash or timeout)")
+            return Failure(error)
+        log.failure("unexpected worker failure", reason)
+        return Failure(ProcessingFailed(reason.getErrorMessage()))

@@ -1,0 +1,187 @@
+"""Webhooks (SPEC §13.2, DECISIONS D15): signed JSON POSTs of image events, delivered in the
+background with retries, from a bounded queue.
+
+A delivery never delays or fails the request that caused it: `emit` only queues.  A full queue
+drops the event (counted and logged), as does a receiver that failed three times.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from imageserver import events
+from imageserver.metrics import Metrics
+from imageserver.signature import webhook_signature
+
+log = Logger()
+
+# --webhook-events tokens and the event names on the wire.
+WIRE_NAMES = {
+    "uploaded": "image.uploaded",
+    "processed": "image.processed",
+    "failed": "image.processing_failed",
+    "batch_complete": "image.batch_complete",
+}
+USER_AGENT = b"image-server-webhook/1.0"
+# Seconds before the second and the third attempt.
+RETRY_DELAYS = (1.0, 4.0)
+MAX_QUEUE = 1000
+CONCURRENCY = 4
+
+
+def enabled_events(tokens: str) -> frozenset[str]:
+    """The wire names ``--webhook-events`` asks for; empty, ``all`` or only unknown tokens: all."""
+    chosen = set()
+    for token in (part.strip() for part in tokens.split(",")):
+        if token in WIRE_NAMES:
+            chosen.add(WIRE_NAMES[token])
+        elif token and token != "all":
+            log.warn("ignoring unknown webhook event {token!r}", token=token)
+    return frozenset(chosen or WIRE_NAMES.values())
+
+
+def timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with the fraction trimmed, as Go prints it (``…T15:30:00.123Z``)."""
+    moment = moment.astimezone(UTC)
+    fraction = f"{moment.microsecond:06d}".rstrip("0")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+
+def payload(event: events.Event, moment: datetime) -> tuple[str, bytes] | None:
+    """The wire name and compact JSON body of an event, or None for events webhooks don't send."""
+    data: dict[str, Any]
+    if isinstance(event, events.Uploaded):
+        name = "image.uploaded"
+        data = {
+            "namespace": event.namespace,
+            "hash": event.hash,
+            "width": event.width,
+            "height": event.height,
+            "content_type": event.content_type,
+            "remote_url": event.remote_url,
+        }
+    elif isinstance(event, events.VariantMade):
+        name = "image.processed"
+        data = {
+            "namespace": event.namespace,
+            "hash": event.hash,
+            "filename": event.filename,
+            "format": event.format,
+            "width": event.width,
+            "height": event.height,
+            "quality": event.quality,
+            "remote_url": event.remote_url,
+        }
+    elif isinstance(event, events.VariantFailed):
+        name = "image.processing_failed"
+        data = {
+            "namespace": event.namespace,
+            "hash": event.hash,
+            "filename": event.filename,
+            "format": event.format,
+            "error": event.error,
+        }
+    elif isinstance(event, events.BatchComplete):
+        name = "image.batch_complete"
+        data = {"namespace": event.namespace, "hash": event.hash}
+        if event.source_url:
+            data["source_url"] = event.source_url
+    else:
+        return None
+    body = {"event": name, "timestamp": timestamp(moment), "data": data}
+    return name, json.dumps(body, separators=(",", ":")).encode()
+
+
+class WebhookSender(Service):
+    """Posts events to one URL, ``CONCURRENCY`` at a time, at most ``max_queue`` waiting."""
+
+    def __init__(
+        self,
+        http: Any,
+        url: str,
+        secret: str,
+        timeout: float,
+        wanted: frozenset[str],
+        metrics: Metrics,
+        reactor: IReactorTime,
+        clock: Callable[[], float] = time.time,
+        max_queue: int = MAX_QUEUE,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+    ) -> None:
+        self.http = http
+        self.url = url.encode()
+        self.secret = secret
+        self.timeout = timeout or 10.0
+        self.wanted = wanted
+        self.metrics = metrics
+        self.reactor = reactor
+        self.clock = clock
+        self.max_queue = max_queue
+        self.retry_delays = retry_delays
+        self._slots = DeferredSemaphore(CONCURRENCY)
+        self._deliveries: set[Deferred[None]] = set()
+
+    def emit(self, event: events.Event) -> None:
+        built = payload(event, datetime.fromtimestamp(self.clock(), UTC))
+        if built is None or built[0] not in self.wanted or not self.running:
+            return
+        name, body = built
+        if len(self._deliveries) >= self.max_queue:
+            self.metrics.webhook_deliveries.labels(name, "dropped").inc()
+            log.warn("webhook queue full: dropped a {event} event", event=name)
+            return
+        delivery = ensureDeferred(self._deliver(name, body))
+        self._deliveries.add(delivery)
+        delivery.addBoth(lambda _: self._deliveries.discard(delivery))
+
+    def stopService(self) -> Deferred[None]:
+        """Stop now: deliveries still waiting are abandoned (webhooks are not persisted)."""
+        super().stopService()
+        running = list(self._deliveries)
+        for delivery in running:
+            delivery.cancel()
+        return DeferredList(running, consumeErrors=True).addCallback(lambda _: None)
+
+    async def _deliver(self, name: str, body: bytes) -> None:
+        for attempt, delay in enumerate((0.0, *self.retry_delays), start=1):
+            if delay:
+                await deferLater(self.reactor, delay, lambda: None)
+            outcome = await self._slots.run(lambda: ensureDeferred(self._post(body)))
+            if outcome is None:
+                self.metrics.webhook_deliveries.labels(name, "delivered").inc()
+                return
+            log.info(
+                "webhook {event} attempt {attempt} failed: {outcome}",
+                event=name,
+                attempt=attempt,
+                outcome=outcome,
+            )
+        self.metrics.webhook_deliveries.labels(name, "failed").inc()
+        log.warn("webhook {event} dropped after 3 attempts", event=name)
+
+    async def _post(self, body: bytes) -> str | None:
+        """One attempt: None on a 2xx, else what went wrong."""
+        headers = {b"Content-Type": [b"application/json"], b"User-Agent": [USER_AGENT]}
+        if self.secret:
+            stamp = str(int(self.clock()))
+            headers[b"X-Webhook-Timestamp"] = [stamp.encode()]
+            signature = webhook_signature(self.secret, stamp, body)
+            headers[b"X-Webhook-Signature"] = [signature.encode()]
+        try:
+            response = await self.http.post(
+                self.url, data=body, headers=headers, timeout=self.timeout
+            )
+            await response.content()
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        return None if 200 <= response.code < 300 else f"status {response.code}"
