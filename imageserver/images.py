@@ -8,7 +8,8 @@ variant, the same remote file or the same source URL share one job.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +22,19 @@ from imageserver.coalesce import Coalescer
 from imageserver.errors import (
     BodyTooLarge,
     EmptyFile,
+    ImageServerError,
     InvalidParameter,
     NotFound,
     StorageUnavailable,
+)
+from imageserver.events import (
+    BatchComplete,
+    Events,
+    NoEvents,
+    SourceFetched,
+    Uploaded,
+    VariantFailed,
+    VariantMade,
 )
 from imageserver.fetch import SourceDownloader
 from imageserver.info import ImageDetails
@@ -66,6 +77,8 @@ class Images:
         limits: ImageLimits,
         uploads: Uploads,
         remote: RemoteStore | None = None,
+        events: Events | None = None,
+        public_url: Callable[[str], str] = lambda relative: "",
     ) -> None:
         self.store = store
         self.pool = pool
@@ -74,6 +87,8 @@ class Images:
         self.limits = limits
         self.uploads = uploads
         self.remote = remote
+        self.events: Events = events or NoEvents()
+        self.public_url = public_url
         self._variants: Coalescer[str] = Coalescer()
         self._sources: Coalescer[ImageDetails] = Coalescer()
 
@@ -97,7 +112,18 @@ class Images:
         paths.check_namespace(namespace)
 
         async def download_and_ingest() -> ImageDetails:
-            spool = await self.downloader.download(url)
+            started = time.perf_counter()
+            try:
+                spool = await self.downloader.download(url)
+            except ImageServerError:
+                self.metrics.original_unavailable.inc()
+                self.events.emit(SourceFetched(False, time.perf_counter() - started, 0))
+                raise
+            seconds = time.perf_counter() - started
+            self.metrics.source_downloaded.inc()
+            self.metrics.source_seconds.observe(seconds)
+            self.metrics.source_bytes.inc(spool.size)
+            self.events.emit(SourceFetched(True, seconds, spool.size))
             return await self._ingest(namespace, spool)
 
         shared, _ = self._sources.run(
@@ -121,6 +147,16 @@ class Images:
         self.store.commit(path, original)
         self.store.write(info, details.to_info_json())
         await self.uploads.store_now([(original, details.content_type), (info, mime.JSON)])
+        self.events.emit(
+            Uploaded(
+                namespace,
+                details.hash,
+                details.width,
+                details.height,
+                details.content_type,
+                self.public_url(original),
+            )
+        )
         return details
 
     async def store_attachment(
@@ -180,6 +216,8 @@ class Images:
             found = await self.remote.fetch(relative)
         except S3Error as error:
             raise StorageUnavailable(f"{relative} is not here and {error}") from error
+        if found and relative.endswith("/" + ORIGINAL):
+            self.metrics.original_downloaded.inc()
         return self.store.path(relative) if found else None
 
     # Variants
@@ -206,7 +244,7 @@ class Images:
                 self.metrics.version_noop.labels(*labels).inc()
                 return self.store.path(relative)
             await self._ensure_original(namespace, image_hash)
-            path = await self._render(relative, variant, output_format, labels)
+            path = await self._render(namespace, image_hash, variant, output_format, labels)
             if not for_batch:
                 self.uploads.store_later(relative, mime.for_name(variant.name))
             return path
@@ -230,19 +268,30 @@ class Images:
 
     async def _ensure_original(self, namespace: str, image_hash: str) -> None:
         """Have the original here, and mark it used so the collector leaves it for a while."""
-        path = await self.find(namespace, image_hash, ORIGINAL)
+        relative = paths.relative_path(namespace, image_hash, ORIGINAL)
+        if self.store.exists(relative):
+            self.metrics.original_download_skipped.inc()
+        path = await self.find_relative(relative)
         if path is None:
+            self.metrics.original_unavailable.inc()
             raise NotFound(f"image {namespace}/{image_hash} does not exist")
         if self.remote is not None:
             os.utime(path)
 
     async def _render(
-        self, relative: str, variant: Variant, output_format: str, labels: tuple[str, str, str]
+        self,
+        namespace: str,
+        image_hash: str,
+        variant: Variant,
+        output_format: str,
+        labels: tuple[str, str, str],
     ) -> str:
-        source = relative.rpartition("/")[0] + "/" + ORIGINAL
+        relative = paths.relative_path(namespace, image_hash, variant.name)
+        source = paths.relative_path(namespace, image_hash, ORIGINAL)
         temporary = self.store.temporary_path(suffix="." + variant.extension)
+        started = time.perf_counter()
         try:
-            await self.pool.render(
+            made = await self.pool.render(
                 source=self.store.path(source),
                 temporary=temporary,
                 destination=self.store.path(relative),
@@ -253,19 +302,45 @@ class Images:
                 max_pixels=self.limits.max_source_pixels,
                 max_dimension=self.limits.maximum_width,
             )
-        except BaseException:
+        except BaseException as error:
             remove_quietly(temporary)
             self.metrics.version_failed.labels(*labels).inc()
+            message = error.message if isinstance(error, ImageServerError) else repr(error)
+            self.events.emit(
+                VariantFailed(namespace, image_hash, variant.name, variant.extension, message)
+            )
             raise
+        self.metrics.processing_seconds.labels(variant.extension).observe(
+            time.perf_counter() - started
+        )
         self.metrics.version_ok.labels(*labels).inc()
+        self.events.emit(
+            VariantMade(
+                namespace,
+                image_hash,
+                variant.name,
+                variant.extension,
+                made["width"],
+                made["height"],
+                variant.quality,
+                self.public_url(relative),
+            )
+        )
         return self.store.path(relative)
 
-    async def make_outputs(self, namespace: str, image_hash: str, names: Sequence[str]) -> None:
+    async def make_outputs(
+        self, namespace: str, image_hash: str, names: Sequence[str], source_url: str = ""
+    ) -> None:
         """Make every named variant the store lacks, in parallel, then store them in the bucket.
 
         "Lacks" is judged by the bucket's listing when there is one (a file only local is
-        uploaded), else by the local store.  The first error is raised once all jobs are done.
+        uploaded), else by the local store.  The first error is raised once all jobs are done;
+        a batch that succeeds ends with a ``batch_complete`` event.
         """
+        await self._make_outputs(namespace, image_hash, names)
+        self.events.emit(BatchComplete(namespace, image_hash, source_url))
+
+    async def _make_outputs(self, namespace: str, image_hash: str, names: Sequence[str]) -> None:
         await self._ensure_original(namespace, image_hash)
         if not names:
             self.metrics.versions_noop.labels(namespace).inc()

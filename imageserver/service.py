@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application import internet, service
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
 from twisted.web.server import Site
 
-from imageserver import collector
+from imageserver import collector, paths
 from imageserver.admin import AdminApp
 from imageserver.collector import GarbageCollector
+from imageserver.events import Events, Fanout
 from imageserver.fetch import SourceDownloader
 from imageserver.images import ImageLimits, Images
 from imageserver.lifecycle import Lifecycle
@@ -24,11 +25,12 @@ from imageserver.remote import RemoteStore
 from imageserver.s3 import Bucket, ChainCredentials, CredentialSource, S3Client, StaticCredentials
 from imageserver.signature import SecretsFile, Validator
 from imageserver.site import ImageSite
+from imageserver.statsd import StatsdClient
 from imageserver.store import LocalStore
 from imageserver.uploader import NoUploads, Uploader
 from imageserver.web import MainApp
+from imageserver.webhooks import WebhookSender, enabled_events
 
-log = Logger()
 
 # Redirects a source download may follow (DECISIONS D13).
 MAX_REDIRECTS = 5
@@ -72,6 +74,26 @@ class Engine(service.MultiService):
             )
             self.metrics.watch_uploads(self.uploads)
         self.uploads.setServiceParent(self)
+        sinks: list[Events] = []
+        self.webhooks: WebhookSender | None = None
+        if config.webhook_url:
+            self.webhooks = WebhookSender(
+                HTTPClient(agent),
+                config.webhook_url,
+                config.webhook_secret,
+                config.webhook_timeout,
+                enabled_events(config.webhook_events),
+                self.metrics,
+                reactor,
+            )
+            self.webhooks.setServiceParent(self)
+            sinks.append(self.webhooks)
+        self.statsd: StatsdClient | None = None
+        if config.enable_statsd:
+            address = socket.gethostbyname(config.statsd_host)  # once, at start-up
+            self.statsd = StatsdClient(address, config.statsd_port, config.statsd_prefix)
+            sinks.append(self.statsd)
+        self.reactor = reactor
         downloader = SourceDownloader(
             HTTPClient(RedirectAgent(agent, MAX_REDIRECTS)),
             reactor,
@@ -81,7 +103,17 @@ class Engine(service.MultiService):
         )
         limits = ImageLimits(config.default_quality, config.maximum_width, config.max_source_pixels)
         self.images = Images(
-            self.store, self.pool, downloader, self.metrics, limits, self.uploads, self.remote
+            self.store,
+            self.pool,
+            downloader,
+            self.metrics,
+            limits,
+            self.uploads,
+            self.remote,
+            Fanout(sinks),
+            lambda relative: paths.remote_url(
+                config.remote_base_url, paths.remote_key(config.remote_base_path, relative)
+            ),
         )
 
     def startService(self) -> None:
@@ -89,10 +121,15 @@ class Engine(service.MultiService):
         super().startService()
         if self.remote is not None:
             self.remote.start_checking()
+        self._statsd_port = None
+        if self.statsd is not None:
+            self._statsd_port = self.reactor.listenUDP(0, self.statsd)
 
     async def _stop(self) -> None:
         if self.remote is not None:
             self.remote.stop_checking()
+        if self._statsd_port is not None:
+            await self._statsd_port.stopListening()
         await super().stopService()
         await self.http_pool.closeCachedConnections()
 
@@ -143,11 +180,6 @@ class ImageServer(service.MultiService):
             GarbageCollector(
                 self.store, self.remote, self.uploads, config.max_file_age, reactor, gc_interval
             ).setServiceParent(self)
-
-    def startService(self) -> None:
-        super().startService()
-        if self.config.enable_statsd or self.config.webhook_url:
-            log.warn("not built yet: --enable_statsd and --webhook-url have no effect")
 
     async def _stop(self) -> None:
         self.lifecycle.shutting_down = True

@@ -6,6 +6,9 @@ one handler (DECISIONS D2).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -18,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from imageserver import mime, paths
 from imageserver.errors import ImageServerError, NotFound, Overloaded
+from imageserver.events import RequestTimed
 from imageserver.guard import SignatureGuard
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
@@ -62,6 +66,17 @@ class MainApp:
             return site
         return SignatureGuard(site, self.validator, for_reads=self.signed_reads)
 
+    @contextmanager
+    def _timed(self, handler: str) -> Iterator[None]:
+        """Time a handler for Prometheus and statsd (whether it succeeds or not)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            self.images.metrics.latency.labels(handler).observe(seconds)
+            self.images.events.emit(RequestTimed(handler, seconds))
+
     @app.route("/status_check", methods=HEALTH_METHODS)
     def status_check(self, request: IRequest) -> bytes:
         status, message = self.lifecycle.health()
@@ -71,7 +86,7 @@ class MainApp:
     async def upload(self, request: IRequest, namespace: str) -> bytes:
         metrics = self.images.metrics
         metrics.new_image.inc()
-        with metrics.latency.labels("new_image").time():
+        with self._timed("new_image"):
             try:
                 source = _argument(request, "source")
                 if source:
@@ -81,7 +96,7 @@ class MainApp:
                 outputs = _outputs(request)
                 if outputs is None:
                     outputs = list(self.default_outputs)
-                await self.images.make_outputs(namespace, details.hash, outputs)
+                await self.images.make_outputs(namespace, details.hash, outputs, source or "")
             except Exception:
                 metrics.new_image_failed.inc()
                 raise
@@ -90,7 +105,7 @@ class MainApp:
     @app.route(IMAGE + "/process", methods=["POST"])
     async def process(self, request: IRequest, namespace: str, **parts: str) -> bytes:
         image_hash = _image_hash(namespace, parts)
-        with self.images.metrics.latency.labels("resize_many").time():
+        with self._timed("resize_many"):
             await self.images.make_outputs(namespace, image_hash, _outputs(request) or [])
         request.setResponseCode(200)
         return b""
@@ -99,7 +114,7 @@ class MainApp:
     async def fetch(self, request: IRequest, namespace: str, name: str, **parts: str) -> IResource:
         """A stored file, read back from the bucket or made first when need be."""
         image_hash = _image_hash(namespace, parts)
-        with self.images.metrics.latency.labels("resize_image").time():
+        with self._timed("resize_image"):
             path = await self.images.resolve(namespace, image_hash, name, self.allowed_extensions)
         relative = paths.relative_path(namespace, image_hash, name)
         return CachedFile(path, relative, mime.content_type_of(name, path))
@@ -107,7 +122,7 @@ class MainApp:
     @app.route(IMAGE + "/<name>", methods=["POST"])
     async def attach(self, request: IRequest, namespace: str, name: str, **parts: str) -> bytes:
         image_hash = _image_hash(namespace, parts)
-        with self.images.metrics.latency.labels("new_file").time():
+        with self._timed("new_file"):
             await self.images.store_attachment(namespace, image_hash, name, _body(request))
         return json_body(request, 200, {})
 
