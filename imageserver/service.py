@@ -31,7 +31,6 @@ from imageserver.uploader import NoUploads, Uploader
 from imageserver.web import MainApp
 from imageserver.webhooks import WebhookSender, enabled_events
 
-
 # Redirects a source download may follow (DECISIONS D13).
 MAX_REDIRECTS = 5
 # How long a shutdown waits for in-flight requests (the Go server's drain).
