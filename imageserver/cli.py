@@ -144,11 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_server(options: ServerOptions) -> int:
     """Start the server on the global reactor, log to stdout, stop cleanly on SIGINT/SIGTERM."""
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver, textFileLogObserver
 
     from imageserver.service import ImageServer
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    if options.config.log_format == "json":
+        observer = jsonFileLogObserver(sys.stdout)
+    else:
+        observer = textFileLogObserver(sys.stdout)
+    globalLogBeginner.beginLoggingTo([observer])
     server = ImageServer(options.config, reactor)
     try:
         server.startService()

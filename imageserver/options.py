@@ -111,6 +111,9 @@ class Config:
         "Largest source image, in pixels (all frames); 0 for no limit.",
         check=_at_least(0),
     )
+    log_format: str = _flag(
+        "text", "Log lines as text or json (for log shippers).", check=_one_of("text", "json")
+    )
     gomaxprocs: int = _flag(0, "Accepted for compatibility with the Go server; no effect.")
     profile: bool = _flag(False, "Accepted for compatibility with the Go server; no effect.")
     enable_statsd: bool = _flag(False, "Send statsd metrics.")
@@ -129,7 +132,7 @@ class Config:
     # Flags whose Go spelling uses dashes; every other flag is spelled with underscores.
     DASHED: ClassVar[frozenset[str]] = frozenset(
         {
-            "admin_port", "s3_endpoint", "s3_acl", "max_queue", "processing_timeout",
+            "admin_port", "log_format", "s3_endpoint", "s3_acl", "max_queue", "processing_timeout",
             "worker_max_jobs",
             "max_upload_bytes", "max_source_pixels", "require_signature",
             "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
