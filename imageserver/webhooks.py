@@ -156,6 +156,8 @@ class WebhookSender(Service):
         for attempt, delay in enumerate((0.0, *self.retry_delays), start=1):
             if delay:
                 await deferLater(self.reactor, delay, lambda: None)
+            if not self.running:
+                return  # stopping: abandon (webhooks are not persisted)
             outcome = await self._slots.run(lambda: ensureDeferred(self._post(body)))
             if outcome is None:
                 self.metrics.webhook_deliveries.labels(name, "delivered").inc()
