@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -160,6 +161,19 @@ class CommandTests(unittest.TestCase):
             await sleep(0.1)
         else:
             self.fail(f"workers {workers} outlived the server")
+
+    async def test_json_logs(self) -> None:
+        """--log-format json: one JSON object a line, the access line with its fields."""
+        running = await start_process(self, [IMAGE_SERVER, "server", "--log-format", "json"])
+        await request("GET", running.url + "/status_check?probe=1")
+        os.kill(running.process.pid, signal.SIGTERM)
+        await running.process.ended
+        events = [json.loads(line) for line in running.process.output.decode().splitlines() if line]
+        access = [e for e in events if e.get("log_namespace") == "imageserver.access"]
+        self.assertIn(
+            ("GET", "/status_check?probe=1", 200),
+            [(e["method"], e["path"], e["status"]) for e in access],
+        )
 
     async def test_twistd_plugin(self) -> None:
         process, url = await self.start([TWISTD, "--nodaemon", "--pidfile=", "imageserver"])
