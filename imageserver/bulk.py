@@ -81,6 +81,8 @@ async def store_all(
 
 async def _store(images: Images, path: str, namespace: str, outputs: Sequence[str]) -> Outcome:
     try:
+        if not os.path.isfile(path):  # a FIFO, a socket, a device: never opened
+            return Outcome(path, skipped=True, error="not a regular file")
         if not await deferToThread(looks_like_an_image, path):
             return Outcome(path, skipped=True, error="not an image")
         spool = await deferToThread(_spool, path, images.store.tmp)
@@ -92,7 +94,7 @@ async def _store(images: Images, path: str, namespace: str, outputs: Sequence[st
     except ImageServerError as error:
         return Outcome(path, error=error.message)
     except OSError as error:
-        return Outcome(path, error=f"{error.strerror}")
+        return Outcome(path, error=error.strerror or str(error))
     return Outcome(path, details)
 
 

@@ -7,6 +7,8 @@ spawner runs ``image-server --port=7000 --outputs='' server``).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -14,8 +16,16 @@ from typing import Any, TextIO
 from twisted.python import usage
 
 import imageserver
+from imageserver import paths
+from imageserver.errors import ImageServerError, InvalidParameter
+from imageserver.names import check_servable, parse_name
 from imageserver.options import CONFIG_FIELDS, ServerOptions
 from imageserver.signature import Signer, generate_secret, parse_duration
+
+# The namespace ``cli`` stores into when --namespace is not given.
+DEFAULT_NAMESPACE = "images"
+# How long ``cli`` waits for its workers to start.
+POOL_START_SECONDS = 60.0
 
 COMMANDS = ("server", "cli", "generate-secret", "sign-url", "version")
 USAGE = f"""Usage: image-server COMMAND [flags]
@@ -41,15 +51,18 @@ def version_text() -> str:
 
 class GenerateSecretOptions(usage.Options):
     optParameters = [
-        ["length", None, 32, "Random bytes in each secret.", int],
-        ["count", None, 1, "How many secrets.", int],
+        ["length", None, "32", "Random bytes in each secret (at least 16)."],
+        ["count", None, "1", "How many secrets."],
     ]
 
     def postOptions(self) -> None:
-        if self["length"] < 16:
-            raise usage.UsageError("--length: at least 16 bytes")
-        if self["count"] < 1:
-            raise usage.UsageError("--count: at least 1")
+        for flag, minimum in (("length", 16), ("count", 1)):
+            try:
+                self[flag] = int(self[flag])
+            except ValueError:
+                raise usage.UsageError(f"--{flag}: expected a whole number") from None
+            if self[flag] < minimum:
+                raise usage.UsageError(f"--{flag}: at least {minimum}")
 
 
 class SignUrlOptions(usage.Options):
@@ -84,6 +97,23 @@ class CliOptions(ServerOptions):
         super().postOptions()
         if not self.config.outputs:
             raise usage.UsageError('required flag(s) "outputs" not set')
+        if not os.path.exists(self["path"]):
+            raise usage.UsageError(f"{self['path']}: no such file or directory")
+        if not paths.NAMESPACE.fullmatch(self.namespace):
+            raise usage.UsageError("--namespace: lowercase letters, digits, '_' and '-' only")
+        try:
+            paths.check_namespace(self.namespace)
+            for name in self.config.outputs:
+                variant = parse_name(name, self.config.default_quality, self.config.maximum_width)
+                check_servable(variant, allowed_extensions=frozenset())
+                if variant.output_format is None:
+                    raise InvalidParameter(f"{name}: not an image format this server writes")
+        except ImageServerError as error:
+            raise usage.UsageError(error.message) from None
+
+    @property
+    def namespace(self) -> str:
+        return self.config.namespace or DEFAULT_NAMESPACE
 
 
 def split_command(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -188,13 +218,22 @@ async def _import(reactor: Any, options: CliOptions, out: TextIO, err: TextIO) -
     from imageserver import bulk
     from imageserver.service import Engine
 
-    config = options.config
-    paths = bulk.find_files(options["path"])
+    # Every output of every file may wait for a worker: a command has no one to answer 503 to.
+    config = dataclasses.replace(options.config, max_queue=2**31)
+    files = bulk.find_files(options["path"])
+    if not files:
+        err.write(f"warning: nothing to import in {options['path']}\n")
+        return 0
     engine = Engine(config, reactor)
     engine.startService()
     try:
-        while not engine.pool.ready:
+        for _ in range(int(POOL_START_SECONDS / 0.05)):
+            if engine.pool.ready:
+                break
             await deferLater(reactor, 0.05, lambda: None)
+        else:
+            err.write("image-server: the image workers did not start\n")
+            return 1
         done = 0
         show = err.isatty()
 
@@ -202,17 +241,18 @@ async def _import(reactor: Any, options: CliOptions, out: TextIO, err: TextIO) -
             nonlocal done
             done += 1
             if show:
-                err.write(f"\r{done}/{len(paths)} {outcome.path}\x1b[K")
+                err.write(f"\r{done}/{len(files)} {outcome.path}\x1b[K")
                 err.flush()
 
         outcomes = await bulk.store_all(
             engine.images,
-            paths,
-            config.namespace or DEFAULT_NAMESPACE,
+            files,
+            options.namespace,
             config.outputs,
             config.processor_concurrency,
             progress,
         )
+        pending = engine.uploads.pending
     finally:
         await engine.stopService()
     if show:
@@ -225,8 +265,9 @@ async def _import(reactor: Any, options: CliOptions, out: TextIO, err: TextIO) -
     failures = [outcome for outcome in outcomes if outcome.error and not outcome.skipped]
     for failure in failures:
         err.write(f"failed: {failure.path}: {failure.error}\n")
-    return 1 if failures else 0
-
-
-# The namespace ``cli`` stores into when --namespace is not given.
-DEFAULT_NAMESPACE = "images"
+    if pending:
+        err.write(
+            f"failed: {pending} files are not in the bucket yet; they wait in the upload journal"
+            " and are retried by the next server or cli run on this store\n"
+        )
+    return 1 if failures or pending else 0

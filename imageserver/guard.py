@@ -27,18 +27,32 @@ class SignatureGuard(Resource):
         self.validator = validator
         self.for_reads = for_reads
 
+    def check(self, method: bytes, uri: bytes) -> None:
+        """Raise `SignatureError` unless a request for ``uri`` may go through."""
+        text_method = method.decode("ascii", "replace")
+        raw_path, _, raw_query = uri.decode("utf-8", "surrogateescape").partition("?")
+        path = unquote(raw_path, errors="surrogateescape")
+        if should_validate(text_method, path, self.for_reads):
+            # The first value of each parameter, blank ones included, as Go's Query().Get.
+            parsed = parse_qs(raw_query, keep_blank_values=True, errors="surrogateescape")
+            query = {name: values[0] for name, values in parsed.items()}
+            self.validator.validate(text_method, path, query)
+
+    def refuses(self, method: bytes, uri: bytes) -> bool:
+        """Whether the request will be refused: its body need not be kept."""
+        try:
+            self.check(method, uri)
+        except SignatureError:
+            return True
+        return False
+
     def render(self, request: Request) -> bytes | int:
-        method = request.method.decode("ascii", "replace")
-        path = unquote(request.path.decode("utf-8", "replace"))
-        if should_validate(method, path, True, self.for_reads):
-            _, _, raw_query = request.uri.decode("utf-8", "replace").partition("?")
-            query = {name: values[0] for name, values in parse_qs(raw_query).items()}
-            try:
-                self.validator.validate(method, path, query)
-            except SignatureError as error:
-                request.setResponseCode(401)
-                request.setHeader(b"Content-Type", b"application/json")
-                body = {"error": error.code, "message": error.message}
-                return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        try:
+            self.check(request.method, request.uri)
+        except SignatureError as error:
+            request.setResponseCode(401)
+            request.setHeader(b"Content-Type", b"application/json")
+            body = {"error": error.code, "message": error.message}
+            return json.dumps(body, separators=(",", ":")).encode() + b"\n"
         rendered: bytes | int = self.wrapped.render(request)
         return rendered

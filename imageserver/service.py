@@ -16,6 +16,7 @@ from imageserver.admin import AdminApp
 from imageserver.collector import GarbageCollector
 from imageserver.events import Events, Fanout
 from imageserver.fetch import SourceDownloader
+from imageserver.guard import SignatureGuard
 from imageserver.images import ImageLimits, Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.metrics import Metrics
@@ -155,20 +156,19 @@ class ImageServer(service.MultiService):
         self.remote, self.uploads, self.images = engine.remote, engine.uploads, engine.images
         remote = self.remote
         self.lifecycle = Lifecycle(lambda: self.pool.ready and (remote is None or remote.reachable))
-        validator = None
+        main = MainApp(self.images, self.lifecycle, frozenset(config.extensions), config.outputs)
+        resource, refuse_body = main.resource(), None
         if config.signatures_required:
-            validator = Validator(
-                SecretsFile(config.signing_secrets_file), config.signature_max_ttl
+            secrets = SecretsFile(config.signing_secrets_file)
+            guard = SignatureGuard(
+                resource,
+                Validator(secrets, config.signature_max_ttl),
+                config.require_signature_for_reads,
             )
-        main = MainApp(
-            self.images,
-            self.lifecycle,
-            frozenset(config.extensions),
-            config.outputs,
-            validator,
-            config.require_signature_for_reads,
+            resource, refuse_body = guard, guard.refuses
+        self.site = ImageSite(
+            resource, self.store.tmp, config.max_upload_bytes, reactor, refuse_body
         )
-        self.site = ImageSite(main.resource(), self.store.tmp, config.max_upload_bytes, reactor)
         self.main_port = internet.TCPServer(config.port, self.site, interface=config.listen)
         self.main_port.setServiceParent(self)
         admin_site = Site(AdminApp(self.lifecycle, self.metrics).resource(), reactor=reactor)

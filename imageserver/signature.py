@@ -14,10 +14,15 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
+
+from twisted.logger import Logger
+
+log = Logger()
 
 DEFAULT_MAX_TTL_MINUTES = 60
 
@@ -31,16 +36,26 @@ class SignatureError(Exception):
         self.message = message
 
 
-MISSING = SignatureError(
-    "MissingSignature", "Request must include X-Signature and X-Expires parameters"
-)
-BAD_EXPIRES = SignatureError("InvalidExpires", "Invalid expiration timestamp")
-EXPIRED = SignatureError("SignatureExpired", "The provided signature has expired")
-TOO_LONG = SignatureError(
-    "SignatureTTLExceeded", "Signature expiration exceeds maximum allowed TTL"
-)
-WRONG_PATH = SignatureError("InvalidPath", "Request path does not match signed path")
-WRONG_SIGNATURE = SignatureError("InvalidSignature", "The request signature does not match")
+# The Go server's refusals, by code.
+MESSAGES = {
+    "MissingSignature": "Request must include X-Signature and X-Expires parameters",
+    "InvalidExpires": "Invalid expiration timestamp",
+    "SignatureExpired": "The provided signature has expired",
+    "SignatureTTLExceeded": "Signature expiration exceeds maximum allowed TTL",
+    "InvalidPath": "Request path does not match signed path",
+    "InvalidSignature": "The request signature does not match",
+}
+_EXPIRES = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_INT64 = range(-(2**63), 2**63)
+
+
+def refusal(code: str) -> SignatureError:
+    return SignatureError(code, MESSAGES[code])
+
+
+def key(secret: str) -> bytes:
+    """A secret's bytes: as read from the file, whatever the encoding (see `SecretsFile`)."""
+    return secret.encode("utf-8", "surrogateescape")
 
 
 def string_to_sign(method: str, path: str, expires: int) -> bytes:
@@ -49,7 +64,7 @@ def string_to_sign(method: str, path: str, expires: int) -> bytes:
 
 def sign(secret: str, method: str, path: str, expires: int) -> str:
     """The ``X-Signature`` value."""
-    digest = hmac.new(secret.encode(), string_to_sign(method, path, expires), hashlib.sha256)
+    digest = hmac.new(key(secret), string_to_sign(method, path, expires), hashlib.sha256)
     return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
 
 
@@ -64,11 +79,16 @@ def path_covers(signed: str, requested: str) -> bool:
     return requested == signed or requested.startswith(signed + "/")
 
 
-def should_validate(method: str, path: str, require: bool, require_for_reads: bool) -> bool:
-    """Which requests need a signature: never health checks; GET only when reads are signed."""
-    if not require or path == "/status_check" or path.startswith("/probe/"):
+def should_validate(method: str, path: str, for_reads: bool) -> bool:
+    """Which requests to the main site need a signature, once signatures are required.
+
+    Never the health check (``POST /status_check`` is an upload to the namespace ``status_check``,
+    and is checked); ``GET`` only when reads are signed; every other method always (``HEAD``
+    too, as in the Go server).  The probes live on the admin site, which is never checked.
+    """
+    if path == "/status_check" and method != "POST":
         return False
-    return require_for_reads or method != "GET"
+    return for_reads or method != "GET"
 
 
 @dataclass(frozen=True)
@@ -87,27 +107,27 @@ class Validator:
         signature = query.get("X-Signature", "")
         raw_expires = query.get("X-Expires", "")
         if not signature or not raw_expires:
-            raise MISSING
-        try:
-            expires = int(raw_expires, 10)
-        except ValueError:
-            raise BAD_EXPIRES from None
+            raise refusal("MissingSignature")
+        if not _EXPIRES.fullmatch(raw_expires) or int(raw_expires) not in _INT64:
+            raise refusal("InvalidExpires")
+        expires = int(raw_expires)
         now = int(self.clock())
         if now > expires:
-            raise EXPIRED
+            raise refusal("SignatureExpired")
         max_ttl = self.max_ttl_minutes or DEFAULT_MAX_TTL_MINUTES
         if max_ttl > 0 and expires > now + max_ttl * 60:
-            raise TOO_LONG
+            raise refusal("SignatureTTLExceeded")
         signed_path = query.get("X-Path") or path
         if not path_covers(signed_path, path):
-            raise WRONG_PATH
+            raise refusal("InvalidPath")
         # Every secret is tried, and compared in constant time, whatever matches first.
+        given = signature.encode("utf-8", "surrogateescape")
         matches = [
-            hmac.compare_digest(sign(secret, method, signed_path, expires), signature)
+            hmac.compare_digest(sign(secret, method, signed_path, expires).encode(), given)
             for secret in self.secrets()
         ]
         if not any(matches):
-            raise WRONG_SIGNATURE
+            raise refusal("InvalidSignature")
 
 
 @dataclass(frozen=True)
@@ -124,14 +144,12 @@ class Signer:
 
     def sign_url(self, method: str, path: str, ttl_seconds: int) -> str:
         expires = int(self.clock()) + int(ttl_seconds)
-        query = urlencode(
+        query = urlencode(  # form-style escaping, as Go's url.QueryEscape
             [
                 ("X-Expires", str(expires)),
                 ("X-Path", path),
                 ("X-Signature", sign(self.secret, method, path, expires)),
-            ],
-            quote_via=quote,
-            safe="",
+            ]
         )
         return f"{self.base_url}{path}?{query}"
 
@@ -145,19 +163,34 @@ class SecretsFile:
         self._secrets: tuple[str, ...] = ()
 
     def __call__(self) -> tuple[str, ...]:
-        """The current secrets; the last ones read if the file is briefly missing or empty (a
-        rotation half done must not lock everyone out)."""
+        """The current secrets.
+
+        When the file turns missing, unreadable or empty (a rotation half done), the last secrets
+        read stay in force, with a warning each time it changes, rather than locking everyone out.
+        """
         try:
             stat = os.stat(self.path)
             seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
             if seen != self._seen:
-                with open(self.path, encoding="utf-8") as lines:
-                    secrets = parse_secrets(lines.read())
                 self._seen = seen
-                self._secrets = secrets or self._secrets
-        except OSError:
-            pass
+                secrets = read_secrets(self.path)
+                if secrets:
+                    self._secrets = secrets
+                else:
+                    log.warn("{path} has no secret: keeping the previous ones", path=self.path)
+        except OSError as error:
+            if self._seen is not None:
+                log.warn(
+                    "cannot read {path}: {error}; keeping the secrets", path=self.path, error=error
+                )
+            self._seen = None
         return self._secrets
+
+
+def read_secrets(path: str) -> tuple[str, ...]:
+    """The secrets in a file; bytes that are not UTF-8 are kept as they are (as in Go)."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as lines:
+        return parse_secrets(lines.read())
 
 
 def parse_secrets(text: str) -> tuple[str, ...]:
@@ -173,28 +206,25 @@ def generate_secret(length: int = 32) -> str:
 def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
     """``X-Webhook-Signature``: ``sha256=`` and the hex HMAC of ``timestamp.body``."""
     message = timestamp.encode() + b"." + body
-    return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return "sha256=" + hmac.new(key(secret), message, hashlib.sha256).hexdigest()
 
 
 def verify_webhook(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
     """Check a webhook delivery's signature in constant time."""
-    return hmac.compare_digest(webhook_signature(secret, timestamp, body), signature)
+    expected = webhook_signature(secret, timestamp, body).encode()
+    return hmac.compare_digest(expected, signature.encode("utf-8", "surrogateescape"))
+
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)", re.ASCII)
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(text: str) -> int:
-    """A Go duration (``90s``, ``15m``, ``1h30m``, ``1.5h``) in whole seconds."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    total, rest = 0.0, text.strip()
-    if not rest:
+    """A Go duration (``90s``, ``15m``, ``1h30m``, ``1.5h``, ``0``, ``-5m``) in whole seconds."""
+    sign, body = (-1, text[1:]) if text[:1] == "-" else (1, text.removeprefix("+"))
+    if body == "0":
+        return 0
+    parts = _DURATION_PART.findall(body)
+    if not body or "".join(number + unit for number, unit in parts) != body:
         raise ValueError(f"invalid TTL duration: {text!r}")
-    while rest:
-        index = 0
-        while index < len(rest) and (rest[index].isdigit() or rest[index] == "."):
-            index += 1
-        number, rest = rest[:index], rest[index:]
-        unit = "ms" if rest.startswith("ms") else rest[:1]
-        if not number or unit not in units:
-            raise ValueError(f"invalid TTL duration: {text!r}")
-        total += float(number) * units[unit]
-        rest = rest[len(unit) :]
-    return int(total)
+    return sign * int(sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts))

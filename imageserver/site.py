@@ -8,6 +8,7 @@ requests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from io import BytesIO
 
 from twisted.internet.defer import Deferred
@@ -30,7 +31,11 @@ class SpoolingRequest(server.Request):
         self.started = site.clock.seconds()
         site.request_started()
         self.notifyFinish().addBoth(lambda _: site.request_ended())
-        if length == 0:
+        # The request line is in; Twisted keeps it on the channel until the body has arrived.
+        method, uri = getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b"")
+        if length != 0 and site.refuse_body is not None and site.refuse_body(method, uri):
+            self.content = _Nowhere()  # type: ignore[assignment]
+        elif length == 0:
             self.content = BytesIO()  # type: ignore[assignment]
         else:
             self.content = Spool(site.spool_directory, site.max_body_bytes)  # type: ignore[assignment]
@@ -38,6 +43,13 @@ class SpoolingRequest(server.Request):
     def _site(self) -> ImageSite:
         site: ImageSite = self.channel.site  # type: ignore[attr-defined]
         return site
+
+
+class _Nowhere(BytesIO):
+    """The body of a request that will be refused: counted by nobody, kept nowhere."""
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        return len(data)
 
 
 class ImageSite(server.Site):
@@ -51,11 +63,13 @@ class ImageSite(server.Site):
         spool_directory: str,
         max_body_bytes: int,
         reactor: IReactorTime,
+        refuse_body: Callable[[bytes, bytes], bool] | None = None,
     ) -> None:
         # Never parse a body as a form: ``curl --data-binary`` labels images as form data, and
         # parsing would read the whole upload into memory on the reactor.
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.clock = reactor
+        self.refuse_body = refuse_body
         self.spool_directory = spool_directory
         self.max_body_bytes = max_body_bytes
         self.in_flight = 0

@@ -62,6 +62,10 @@ class NoUploads(Service):
     def is_pending(self, relative: str) -> bool:
         return False
 
+    @property
+    def pending(self) -> int:
+        return 0
+
 
 async def _nothing() -> None:
     return None

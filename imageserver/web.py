@@ -22,12 +22,10 @@ from werkzeug.exceptions import HTTPException
 from imageserver import mime, paths
 from imageserver.errors import ImageServerError, NotFound, Overloaded
 from imageserver.events import RequestTimed
-from imageserver.guard import SignatureGuard
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.names import split_outputs
 from imageserver.responses import CachedFile, error_body, json_body
-from imageserver.signature import Validator
 from imageserver.spool import Spool
 
 log = Logger()
@@ -50,21 +48,14 @@ class MainApp:
         lifecycle: Lifecycle,
         allowed_extensions: frozenset[str],
         default_outputs: tuple[str, ...] = (),
-        validator: Validator | None = None,
-        signed_reads: bool = False,
     ) -> None:
-        self.validator = validator
-        self.signed_reads = signed_reads
         self.images = images
         self.lifecycle = lifecycle
         self.allowed_extensions = allowed_extensions
         self.default_outputs = default_outputs
 
     def resource(self) -> IResource:
-        site = self.app.resource()
-        if self.validator is None:
-            return site
-        return SignatureGuard(site, self.validator, for_reads=self.signed_reads)
+        return self.app.resource()
 
     @contextmanager
     def _timed(self, handler: str) -> Iterator[None]:

@@ -44,3 +44,38 @@ class BulkImportTests(unittest.TestCase):
             root, "store", "images", partition("6e0072682e66287b662827da75b244a3")
         )
         self.assertEqual(sorted(os.listdir(stored)), ["info.json", "original", "w10.jpg"])
+
+
+class CliOptionTests(unittest.SynchronousTestCase):
+    """What ``cli`` refuses before it starts any worker."""
+
+    def test_refusals(self) -> None:
+        from twisted.python.usage import UsageError
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        for args, message in [
+            (["/nonexistent/images", "--outputs", "w1.jpg"], "/nonexistent/images: no such file"),
+            ([here, "--outputs", "w1.jpg", "--namespace", "Bad"], "--namespace: lowercase"),
+            ([here, "--outputs", "w1.jpg", "--namespace", "tmp"], "invalid namespace: 'tmp'"),
+            ([here, "--outputs", "bogus!"], "bogus!: not an image format this server writes"),
+            ([here, "--outputs", "w1.bmp"], "w1.bmp: cannot write 'bmp'"),
+        ]:
+            error = self.assertRaises(UsageError, CliOptions({}).parseOptions, args)
+            self.assertTrue(str(error).startswith(message), (args, str(error)))
+
+
+class OddFileTests(unittest.TestCase):
+    async def test_fifo_and_empty_directory(self) -> None:
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "in"))
+        os.mkfifo(os.path.join(root, "in", "pipe.jpg"))
+        options = CliOptions({})
+        options.parseOptions([os.path.join(root, "in"), "--outputs", "w10.jpg",
+                              "--local_base_path", os.path.join(root, "store")])  # fmt: skip
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(await _import(reactor, options, out, err), 0)
+        self.assertIn("pipe.jpg: not a regular file", err.getvalue())
+        os.makedirs(os.path.join(root, "empty"))
+        options.parseOptions([os.path.join(root, "empty"), "--outputs", "w10.jpg"])
+        self.assertEqual(await _import(reactor, options, out, err), 0)
+        self.assertIn("nothing to import", err.getvalue())

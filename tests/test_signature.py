@@ -74,29 +74,27 @@ class VectorTests(SynchronousTestCase):
 
     def test_which_requests_are_checked(self) -> None:
         table = [
-            (("POST", "/p", False, False), False),
-            (("POST", "/p", True, False), True),
-            (("HEAD", "/p/x", True, False), True),
-            (("DELETE", "/p", True, False), True),
-            (("GET", "/p/x", True, False), False),
-            (("GET", "/p/x", True, True), True),
-            (("POST", "/status_check", True, True), False),
-            (("GET", "/probe/ready", True, True), False),
+            (("POST", "/p", False), True),
+            (("HEAD", "/p/x", False), True),
+            (("DELETE", "/p", False), True),
+            (("GET", "/p/x", False), False),
+            (("GET", "/p/x", True), True),
+            (("GET", "/status_check", True), False),
+            (("HEAD", "/status_check", True), False),
+            # An upload to the namespace "status_check", and a namespace called "probe".
+            (("POST", "/status_check", False), True),
+            (("GET", "/probe/6e0/072/682/e66287b662827da75b244a3/x.txt", True), True),
         ]
         for arguments, expected in table:
             self.assertEqual(should_validate(*arguments), expected, arguments)
 
     def test_durations(self) -> None:
-        for text, seconds in {
-            "90s": 90,
-            "15m": 900,
-            "1h": 3600,
-            "1h30m": 5400,
-            "1.5h": 5400,
-        }.items():
+        good = {"90s": 90, "15m": 900, "1h": 3600, "1h30m": 5400, "1.5h": 5400, "0": 0, "-5m": -300}
+        for text, seconds in good.items():
             self.assertEqual(parse_duration(text), seconds)
-        for bad in ("", "15", "abc", "1d", "h"):
-            self.assertRaises(ValueError, parse_duration, bad)
+        for bad in ("", "15", "abc", "1d", "h", "1..5h", "\u0661\u0665m", " 5m"):
+            error = self.assertRaises(ValueError, parse_duration, bad)
+            self.assertTrue(str(error).startswith("invalid TTL duration"), str(error))
 
     def test_generated_secrets(self) -> None:
         secrets = {signature.generate_secret() for _ in range(20)}
@@ -143,6 +141,15 @@ class ValidatorTests(SynchronousTestCase):
         # Expired is checked before the signature: a wrong, expired one says "expired".
         expired_and_wrong = query("/photos", secret="wrong", expires=NOW - 1)
         self.assert_refused(check, "POST", "/photos", expired_and_wrong, "SignatureExpired")
+        # X-Expires is a plain base-10 int64, as Go's ParseInt takes it.
+        for odd in ("1_702_156_800", " 1702156800", "\u0661\u0667", str(2**63)):
+            self.assert_refused(
+                check, "POST", "/photos", {**good, "X-Expires": odd}, "InvalidExpires"
+            )
+        # A signature with characters outside base64 is just wrong, never a crash.
+        self.assert_refused(
+            check, "POST", "/photos", {**good, "X-Signature": "é"}, "InvalidSignature"
+        )
 
     def test_expiry_edge_and_ttl_settings(self) -> None:
         validator("test-secret").validate("POST", "/photos", query("/photos", expires=NOW))
@@ -180,6 +187,10 @@ class ValidatorTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write("# emptied by mistake\n")
         self.assertEqual(secrets(), ("newest",))
+        with open(path, "wb") as f:
+            f.write(b"\xff\xfe latin-1 bytes \xe9\n")
+        [raw] = secrets()
+        self.assertEqual(signature.key(raw), b"\xff\xfe latin-1 bytes \xe9")
 
 
 class SignerPropertyTests(SynchronousTestCase):

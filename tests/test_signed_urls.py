@@ -52,18 +52,28 @@ class SignedUrlTests(ServerTestCase):
             self.signed("POST", "/q").replace("/q?", "/p?", 1): "InvalidPath",
             self.signed("POST", "/p", secret="not-a-secret"): "InvalidSignature",
         }
+        messages = {
+            "MissingSignature": "Request must include X-Signature and X-Expires parameters",
+            "InvalidExpires": "Invalid expiration timestamp",
+            "SignatureExpired": "The provided signature has expired",
+            "SignatureTTLExceeded": "Signature expiration exceeds maximum allowed TTL",
+            "InvalidPath": "Request path does not match signed path",
+            "InvalidSignature": "The request signature does not match",
+        }
         for url, code in cases.items():
             response = await request("POST", url, data=b"x" * 20)
-            self.assertEqual((response.code, json.loads(response.body)["error"]), (401, code), url)
+            self.assertEqual(response.code, 401, url)
+            expected = json.dumps({"error": code, "message": messages[code]}, separators=(",", ":"))
+            self.assertEqual(response.body, expected.encode() + b"\n", url)
 
     async def test_a_post_signature_does_not_authorise_a_get(self) -> None:
         await self.start_signed(require_signature_for_reads=True)
         await request("POST", self.signed("POST", "/p"), data=fixture("wine.jpg"))
         path = f"/p/{WINE_DIR}/original"
-        refused = await request("GET", self.signed("POST", path).replace("POST", "GET"))
-        self.assertEqual(refused.code, 401)
-        wrong_method = Signer("new-secret", self.url).sign_url("POST", path, 600)
-        self.assertEqual((await request("GET", wrong_method)).code, 401)
+        refused = await request("GET", self.signed("POST", path))
+        self.assertEqual(
+            (refused.code, json.loads(refused.body)["error"]), (401, "InvalidSignature")
+        )
         allowed = await request("GET", self.signed("GET", path))
         self.assertEqual(allowed.body, fixture("wine.jpg"))
 
@@ -101,6 +111,41 @@ class SignedUrlTests(ServerTestCase):
         return await request(
             "POST", self.signed("POST", "/p", secret=secret), data=fixture("wine.jpg")
         )
+
+    async def test_exemptions_are_exactly_the_health_check(self) -> None:
+        """``POST /status_check`` is an upload, and ``/probe/…`` a namespace: both checked."""
+        await self.start_signed(require_signature_for_reads=True)
+        upload = await request("POST", f"{self.url}/status_check", data=fixture("wine.jpg"))
+        self.assertEqual(upload.code, 401)
+        probe = f"{self.url}/probe/{WINE_DIR}/notes.txt"
+        self.assertEqual((await request("POST", probe, data=b"notes")).code, 401)
+        self.assertEqual((await request("GET", probe)).code, 401)
+        self.assertEqual(self.store_files(), [])
+
+    async def test_duplicated_or_blank_parameters(self) -> None:
+        """The first value counts, a blank one too (Go's Query().Get)."""
+        await self.start_signed()
+        query = self.signed("POST", "/p").split("?", 1)[1]
+        response = await request("POST", f"{self.url}/p?X-Signature=&{query}", data=b"x" * 20)
+        self.assertEqual(json.loads(response.body)["error"], "MissingSignature")
+
+    async def test_refused_bodies_are_not_written(self) -> None:
+        """An unsigned upload is judged from its request line, before its body is stored."""
+        await self.start_signed()
+        seen: list[str] = []
+        judge = self.server.site.refuse_body
+        assert judge is not None
+
+        def watching(method: bytes, uri: bytes) -> bool:
+            refused = judge(method, uri)
+            seen.append(f"{method.decode()} {uri.decode()} refused={refused}")
+            return refused
+
+        self.server.site.refuse_body = watching
+        response = await request("POST", f"{self.url}/p", data=fixture("wine.jpg"))
+        self.assertEqual(response.code, 401)
+        self.assertEqual(seen, ["POST /p refused=True"])
+        self.assert_no_partial_files()
 
     async def test_health_and_admin_need_no_signature(self) -> None:
         await self.start_signed(require_signature_for_reads=True)
