@@ -153,8 +153,8 @@ class UploadTests(S3TestCase):
         self.assertEqual(self.objects(), {})
         base = self.base_path
         await self.start_s3_server(bucket=self.bucket, local_base_path=base)
-        await self.wait_for(lambda: len(self.objects()) == 3, "the journal to drain")
-        self.assertEqual(self.server.uploads.pending, 0)
+        await self.wait_for(lambda: self.server.uploads.pending == 0, "the journal to drain")
+        self.assertEqual(len(self.objects()), 3)
 
 
 class RaceTests(S3TestCase):
