@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from twisted.logger import Logger
+
+log = Logger()
+
 
 @dataclass(frozen=True)
 class Uploaded:
@@ -55,11 +59,9 @@ class BatchComplete:
 
 @dataclass(frozen=True)
 class SourceFetched:
-    """A ``?source=`` download ended: with its size, or unavailable (size 0)."""
+    """A ``?source=`` download ended: downloaded, or unavailable."""
 
     available: bool
-    seconds: float
-    size: int
 
 
 @dataclass(frozen=True)
@@ -90,4 +92,7 @@ class Fanout:
 
     def emit(self, event: Event) -> None:
         for sink in self.sinks:
-            sink.emit(event)
+            try:
+                sink.emit(event)
+            except Exception:  # a sink never fails the request that caused the event
+                log.failure("{sink} could not take an event", sink=type(sink).__name__)

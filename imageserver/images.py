@@ -25,6 +25,7 @@ from imageserver.errors import (
     ImageServerError,
     InvalidParameter,
     NotFound,
+    Overloaded,
     StorageUnavailable,
 )
 from imageserver.events import (
@@ -117,13 +118,13 @@ class Images:
                 spool = await self.downloader.download(url)
             except ImageServerError:
                 self.metrics.original_unavailable.inc()
-                self.events.emit(SourceFetched(False, time.perf_counter() - started, 0))
+                self.events.emit(SourceFetched(available=False))
                 raise
             seconds = time.perf_counter() - started
             self.metrics.source_downloaded.inc()
             self.metrics.source_seconds.observe(seconds)
             self.metrics.source_bytes.inc(spool.size)
-            self.events.emit(SourceFetched(True, seconds, spool.size))
+            self.events.emit(SourceFetched(available=True))
             return await self._ingest(namespace, spool)
 
         shared, _ = self._sources.run(
@@ -302,6 +303,9 @@ class Images:
                 max_pixels=self.limits.max_source_pixels,
                 max_dimension=self.limits.maximum_width,
             )
+        except Overloaded:
+            remove_quietly(temporary)  # not a failure of this image: the client may retry
+            raise
         except BaseException as error:
             remove_quietly(temporary)
             self.metrics.version_failed.labels(*labels).inc()

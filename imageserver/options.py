@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from twisted.python import usage
 
@@ -259,6 +260,7 @@ class ServerOptions(usage.Options):
         _check_outputs(self.config)
         _check_s3(self.config)
         _check_signatures(self.config)
+        _check_webhook(self.config)
 
 
 def _check_outputs(config: Config) -> None:
@@ -284,6 +286,11 @@ def _check_signatures(config: Config) -> None:
         raise usage.UsageError(f"--signing-secrets-file: {error.strerror}: {path}") from None
     if not found:
         raise usage.UsageError(f"--signing-secrets-file: no secret in {path}")
+
+
+def _check_webhook(config: Config) -> None:
+    if config.webhook_url and urlsplit(config.webhook_url).scheme not in ("http", "https"):
+        raise usage.UsageError("--webhook-url: an http:// or https:// URL")
 
 
 def _check_s3(config: Config) -> None:

@@ -9,7 +9,6 @@ from treq.client import HTTPClient
 from twisted.application import internet, service
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
-from twisted.web.server import Site
 
 from imageserver import collector, paths
 from imageserver.admin import AdminApp
@@ -25,7 +24,7 @@ from imageserver.processing.pool import WorkerPool
 from imageserver.remote import RemoteStore
 from imageserver.s3 import Bucket, ChainCredentials, CredentialSource, S3Client, StaticCredentials
 from imageserver.signature import SecretsFile, Validator
-from imageserver.site import ImageSite
+from imageserver.site import ImageSite, LoggingSite
 from imageserver.statsd import StatsdClient
 from imageserver.store import LocalStore
 from imageserver.uploader import NoUploads, Uploader
@@ -171,7 +170,7 @@ class ImageServer(service.MultiService):
         )
         self.main_port = internet.TCPServer(config.port, self.site, interface=config.listen)
         self.main_port.setServiceParent(self)
-        admin_site = Site(AdminApp(self.lifecycle, self.metrics).resource(), reactor=reactor)
+        admin_site = LoggingSite(AdminApp(self.lifecycle, self.metrics).resource(), reactor=reactor)
         self.admin_port = internet.TCPServer(config.admin_port, admin_site, interface=config.listen)
         self.admin_port.setServiceParent(self)
         engine.setServiceParent(self)

@@ -22,13 +22,42 @@ from imageserver.spool import Spool
 access_log = Logger(namespace="imageserver.access")
 
 
-class SpoolingRequest(server.Request):
+class TimedRequest(server.Request):
+    """A request that knows when its headers arrived, for the access log."""
+
+    started: float | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        self.started = self.channel.site.reactor.seconds()  # type: ignore[attr-defined]
+        super().gotLength(length)
+
+
+class LoggingSite(server.Site):
+    """A `Site` that logs one structured line per request, instead of the combined log format."""
+
+    requestFactory = TimedRequest
+
+    def log(self, request: http.Request) -> None:
+        started = getattr(request, "started", None)
+        seconds = self.reactor.seconds() - started if started is not None else 0.0
+        access_log.info(
+            "{method} {path} {status} {bytes} {seconds:.3f}",
+            method=request.method.decode("ascii", "replace"),
+            # The path without its query: signatures and source URLs stay out of the logs.
+            path=request.path.decode("utf-8", "replace"),
+            status=request.code,
+            bytes=request.sentLength,
+            seconds=seconds,
+        )
+
+
+class SpoolingRequest(TimedRequest):
     """A request whose body is a `Spool`."""
 
     def gotLength(self, length: int | None) -> None:
         """Headers are in: from here the request counts as in flight, body and all."""
         site = self._site()
-        self.started = site.clock.seconds()
+        self.started = site.reactor.seconds()
         site.request_started()
         self.notifyFinish().addBoth(lambda _: site.request_ended())
         # The request line is in; Twisted keeps it on the channel until the body has arrived.
@@ -52,7 +81,7 @@ class _Nowhere(BytesIO):
         return len(data)
 
 
-class ImageSite(server.Site):
+class ImageSite(LoggingSite):
     """A `Site` that spools bodies to ``spool_directory`` and can wait for its requests to end."""
 
     requestFactory = SpoolingRequest
@@ -68,25 +97,11 @@ class ImageSite(server.Site):
         # Never parse a body as a form: ``curl --data-binary`` labels images as form data, and
         # parsing would read the whole upload into memory on the reactor.
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
-        self.clock = reactor
         self.refuse_body = refuse_body
         self.spool_directory = spool_directory
         self.max_body_bytes = max_body_bytes
         self.in_flight = 0
         self._idle: list[Deferred[None]] = []
-
-    def log(self, request: http.Request) -> None:
-        """One structured line per request, instead of Twisted's combined log format."""
-        started = getattr(request, "started", None)
-        seconds = self.clock.seconds() - started if started is not None else 0.0
-        access_log.info(
-            "{method} {path} {status} {bytes} {seconds:.3f}",
-            method=request.method.decode("ascii", "replace"),
-            path=request.uri.decode("utf-8", "replace"),
-            status=request.code,
-            bytes=request.sentLength,
-            seconds=seconds,
-        )
 
     def request_started(self) -> None:
         self.in_flight += 1

@@ -16,8 +16,10 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from imageserver import events
 from imageserver.metrics import Metrics
@@ -61,7 +63,7 @@ def payload(event: events.Event, moment: datetime) -> tuple[str, bytes] | None:
     """The wire name and compact JSON body of an event, or None for events webhooks don't send."""
     data: dict[str, Any]
     if isinstance(event, events.Uploaded):
-        name = "image.uploaded"
+        name = WIRE_NAMES["uploaded"]
         data = {
             "namespace": event.namespace,
             "hash": event.hash,
@@ -71,7 +73,7 @@ def payload(event: events.Event, moment: datetime) -> tuple[str, bytes] | None:
             "remote_url": event.remote_url,
         }
     elif isinstance(event, events.VariantMade):
-        name = "image.processed"
+        name = WIRE_NAMES["processed"]
         data = {
             "namespace": event.namespace,
             "hash": event.hash,
@@ -83,16 +85,17 @@ def payload(event: events.Event, moment: datetime) -> tuple[str, bytes] | None:
             "remote_url": event.remote_url,
         }
     elif isinstance(event, events.VariantFailed):
-        name = "image.processing_failed"
+        name = WIRE_NAMES["failed"]
         data = {
             "namespace": event.namespace,
             "hash": event.hash,
             "filename": event.filename,
             "format": event.format,
-            "error": event.error,
         }
+        if event.error:
+            data["error"] = event.error
     elif isinstance(event, events.BatchComplete):
-        name = "image.batch_complete"
+        name = WIRE_NAMES["batch_complete"]
         data = {"namespace": event.namespace, "hash": event.hash}
         if event.source_url:
             data["source_url"] = event.source_url
@@ -158,7 +161,9 @@ class WebhookSender(Service):
                 await deferLater(self.reactor, delay, lambda: None)
             if not self.running:
                 return  # stopping: abandon (webhooks are not persisted)
-            outcome = await self._slots.run(lambda: ensureDeferred(self._post(body)))
+            outcome = await self._slots.run(self._attempt, body)
+            if not self.running:
+                return  # the attempt was cut short by the stop, not by the receiver
             if outcome is None:
                 self.metrics.webhook_deliveries.labels(name, "delivered").inc()
                 return
@@ -169,21 +174,46 @@ class WebhookSender(Service):
                 outcome=outcome,
             )
         self.metrics.webhook_deliveries.labels(name, "failed").inc()
-        log.warn("webhook {event} dropped after 3 attempts", event=name)
+        log.warn("webhook {event} failed after every attempt", event=name)
+
+    async def _attempt(self, body: bytes) -> str | None:
+        """One attempt, headers and body within ``--webhook-timeout``: None on a 2xx, else what
+        went wrong (a receiver that stalls half-way through its answer times out too)."""
+        attempt = ensureDeferred(self._post(body))
+        attempt.addTimeout(self.timeout, self.reactor)
+        try:
+            return await attempt
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
 
     async def _post(self, body: bytes) -> str | None:
-        """One attempt: None on a 2xx, else what went wrong."""
         headers = {b"Content-Type": [b"application/json"], b"User-Agent": [USER_AGENT]}
         if self.secret:
             stamp = str(int(self.clock()))
             headers[b"X-Webhook-Timestamp"] = [stamp.encode()]
             signature = webhook_signature(self.secret, stamp, body)
             headers[b"X-Webhook-Signature"] = [signature.encode()]
-        try:
-            response = await self.http.post(
-                self.url, data=body, headers=headers, timeout=self.timeout
-            )
-            await response.content()
-        except Exception as error:
-            return f"{type(error).__name__}: {error}"
+        response = await self.http.post(self.url, data=body, headers=headers)
+        drain = _Drain()
+        response.deliverBody(drain)
+        await drain.done
         return None if 200 <= response.code < 300 else f"status {response.code}"
+
+
+class _Drain(Protocol):
+    """Reads and drops a receiver's answer; cancelling it closes the connection, so a receiver
+    that stalls half-way through its answer holds nothing once the attempt has timed out."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[None] = Deferred(canceller=self._abort)
+
+    def _abort(self, _: Deferred[None]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            self.done.callback(None)

@@ -171,7 +171,7 @@ class CommandTests(unittest.TestCase):
         events = [json.loads(line) for line in running.process.output.decode().splitlines() if line]
         access = [e for e in events if e.get("log_namespace") == "imageserver.access"]
         self.assertIn(
-            ("GET", "/status_check?probe=1", 200),
+            ("GET", "/status_check", 200),
             [(e["method"], e["path"], e["status"]) for e in access],
         )
 

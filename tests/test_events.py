@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -41,6 +43,7 @@ class Receiver(resource.Resource):
         self.deliveries: list[dict[str, Any]] = []
         self.statuses: list[int] = []  # answered in order; then 200
         self.hang = False
+        self.stall = False
         self.hanging: list[server.Request] = []
         port = reactor.listenTCP(0, server.Site(self), interface="127.0.0.1")
         testcase.addCleanup(self._close, port)
@@ -64,7 +67,10 @@ class Receiver(resource.Resource):
                 "content_type": request.getHeader(b"Content-Type"),
             }
         )
-        if self.hang:
+        if self.stall:
+            request.setHeader(b"Content-Length", b"100")
+            request.write(b"x")
+        if self.hang or self.stall:
             self.hanging.append(request)
             request.notifyFinish().addErrback(lambda _: self.hanging.remove(request))
             return server.NOT_DONE_YET
@@ -83,8 +89,8 @@ class WebhookTests(ServerTestCase):
         self.server.engine.webhooks.retry_delays = (0.05, 0.05)
         return receiver
 
-    async def wait_for(self, condition, what: str) -> None:  # type: ignore[no-untyped-def]
-        for _ in range(100):
+    async def wait_for(self, condition, what: str, tries: int = 100) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(tries):
             if condition():
                 return
             await sleep(0.05)
@@ -197,6 +203,49 @@ class WebhookTests(ServerTestCase):
         self.assertEqual(
             metrics[("image_server_webhook_deliveries_total", ("image.uploaded", "dropped"))], 1
         )
+
+    async def test_a_receiver_stalling_half_way_frees_its_slot(self) -> None:
+        """Headers, one byte, then nothing: the attempt times out like any other."""
+        receiver = await self.start_with_webhooks(webhook_events="uploaded", webhook_timeout=1)
+        receiver.stall = True
+        await self.upload_wine()
+        await self.wait_for(lambda: len(receiver.deliveries) >= 2, "a second attempt", tries=100)
+        self.assertGreaterEqual(len(receiver.deliveries), 2)
+
+    async def test_overload_is_not_a_processing_failure(self) -> None:
+        import signal as signals
+
+        receiver = await self.start_with_webhooks(webhook_events="failed", max_queue=0)
+        await self.upload_wine()
+        [pid] = self.server.pool.worker_pids()
+        os.kill(pid, signals.SIGSTOP)
+        waiting = ensureDeferred(request("GET", f"{self.url}/p/{WINE_DIR}/w11.jpg"))
+        await sleep(0.2)
+        refused = await request("GET", f"{self.url}/p/{WINE_DIR}/w12.jpg")
+        self.assertEqual(refused.code, 503)
+        os.kill(pid, signals.SIGCONT)
+        await waiting
+        await sleep(0.2)
+        self.assertEqual(receiver.events(), [])
+
+    async def test_batch_events_carry_the_source_and_failed_batches_send_none(self) -> None:
+        receiver = await self.start_with_webhooks(webhook_events="batch_complete")
+        source = SourceServer(self)
+        url = source.serve("/w.jpg", fixture("wine.jpg"))
+        await self.upload(b"{}", query=f"?source={url}")
+        with open(self.local("p", WINE_DIR, "original"), "r+b") as original:
+            original.truncate(30000)
+        failed = await request("POST", f"{self.url}/p/{WINE_DIR}/process?outputs=w40.jpg")
+        self.assertEqual(failed.code, 404)
+        await self.wait_for(lambda: receiver.deliveries, "the batch event")
+        await sleep(0.2)
+        self.assertEqual(
+            [d["json"]["data"] for d in receiver.deliveries],
+            [{"namespace": "p", "hash": WINE_HASH, "source_url": url}],
+        )
+        # Key order and integer types, as on the wire.
+        uploaded = json.loads(receiver.deliveries[0]["body"])
+        self.assertEqual(list(uploaded), ["event", "timestamp", "data"])
 
     async def test_event_filter(self) -> None:
         receiver = await self.start_with_webhooks(webhook_events="batch_complete,nonsense")
