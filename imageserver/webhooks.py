@@ -7,6 +7,7 @@ drops the event (counted and logged), as does a receiver that failed three times
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -59,50 +60,29 @@ def timestamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
 
+# Event types webhooks send -> their --webhook-events token.  Each dataclass's fields are the
+# ``data`` fields of SPEC §13.2, in its order.
+_TOKENS: dict[type, str] = {
+    events.Uploaded: "uploaded",
+    events.VariantMade: "processed",
+    events.VariantFailed: "failed",
+    events.BatchComplete: "batch_complete",
+}
+# Fields left out when empty (as the Go server's omitempty).
+_OPTIONAL = ("error", "source_url")
+
+
 def payload(event: events.Event, moment: datetime) -> tuple[str, bytes] | None:
     """The wire name and compact JSON body of an event, or None for events webhooks don't send."""
-    data: dict[str, Any]
-    if isinstance(event, events.Uploaded):
-        name = WIRE_NAMES["uploaded"]
-        data = {
-            "namespace": event.namespace,
-            "hash": event.hash,
-            "width": event.width,
-            "height": event.height,
-            "content_type": event.content_type,
-            "remote_url": event.remote_url,
-        }
-    elif isinstance(event, events.VariantMade):
-        name = WIRE_NAMES["processed"]
-        data = {
-            "namespace": event.namespace,
-            "hash": event.hash,
-            "filename": event.filename,
-            "format": event.format,
-            "width": event.width,
-            "height": event.height,
-            "quality": event.quality,
-            "remote_url": event.remote_url,
-        }
-    elif isinstance(event, events.VariantFailed):
-        name = WIRE_NAMES["failed"]
-        data = {
-            "namespace": event.namespace,
-            "hash": event.hash,
-            "filename": event.filename,
-            "format": event.format,
-        }
-        if event.error:
-            data["error"] = event.error
-    elif isinstance(event, events.BatchComplete):
-        name = WIRE_NAMES["batch_complete"]
-        data = {"namespace": event.namespace, "hash": event.hash}
-        if event.source_url:
-            data["source_url"] = event.source_url
-    else:
+    token = _TOKENS.get(type(event))
+    if token is None:
         return None
-    body = {"event": name, "timestamp": timestamp(moment), "data": data}
-    return name, json.dumps(body, separators=(",", ":")).encode()
+    data = dataclasses.asdict(event)
+    for field in _OPTIONAL:
+        if field in data and not data[field]:
+            del data[field]
+    body = {"event": WIRE_NAMES[token], "timestamp": timestamp(moment), "data": data}
+    return WIRE_NAMES[token], json.dumps(body, separators=(",", ":")).encode()
 
 
 class WebhookSender(Service):
