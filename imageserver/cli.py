@@ -174,15 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_server(options: ServerOptions) -> int:
     """Start the server on the global reactor, log to stdout, stop cleanly on SIGINT/SIGTERM."""
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
+    from imageserver import logs
     from imageserver.service import ImageServer
 
-    if options.config.log_format == "json":
-        observer = jsonFileLogObserver(sys.stdout)
-    else:
-        observer = textFileLogObserver(sys.stdout)
-    globalLogBeginner.beginLoggingTo([observer])
+    json_lines = options.config.log_format == "json"
+    globalLogBeginner.beginLoggingTo([logs.json_stdout() if json_lines else logs.text_stdout()])
     server = ImageServer(options.config, reactor)
     try:
         server.startService()

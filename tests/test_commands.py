@@ -175,6 +175,44 @@ class CommandTests(unittest.TestCase):
             [(e["method"], e["path"], e["status"]) for e in access],
         )
 
+    async def test_twistd_json_logs_and_no_pid_file(self) -> None:
+        running = await start_process(
+            self,
+            [
+                TWISTD,
+                "--nodaemon",
+                "--pidfile=",
+                "--logger",
+                "imageserver.logs.json_stdout",
+                "imageserver",
+            ],
+        )
+        await request("GET", running.url + "/status_check")
+        os.kill(running.process.pid, signal.SIGTERM)
+        await running.process.ended
+        events = [json.loads(line) for line in running.process.output.decode().splitlines() if line]
+        self.assertIn("imageserver.access", {e.get("log_namespace") for e in events})
+        self.assertNotIn("twistd.pid", os.listdir(running.store))
+
+    async def test_twistd_log_file_reopens_on_sigusr1(self) -> None:
+        """For logrotate: SIGUSR1 moves the log aside and starts a new one."""
+        log_file = os.path.abspath(os.path.join(self.mktemp_dir(), "image-server.log"))
+        running = await start_process(
+            self, [TWISTD, "--nodaemon", "--pidfile=", "--logfile", log_file, "imageserver"]
+        )
+        os.kill(running.process.pid, signal.SIGUSR1)
+        for _ in range(50):
+            if os.path.exists(log_file + ".1"):
+                break
+            await sleep(0.1)
+        await request("GET", running.url + "/status_check?after")
+        await sleep(0.3)
+        os.kill(running.process.pid, signal.SIGTERM)
+        await running.process.ended
+        self.assertTrue(os.path.exists(log_file + ".1"))
+        with open(log_file) as fresh:
+            self.assertIn("GET /status_check 200", fresh.read())
+
     async def test_twistd_plugin(self) -> None:
         process, url = await self.start([TWISTD, "--nodaemon", "--pidfile=", "imageserver"])
         response = await request("GET", url + "/status_check")
