@@ -214,7 +214,10 @@ class CommandTests(unittest.TestCase):
             self.assertIn("GET /status_check 200", fresh.read())
 
     async def test_twistd_plugin(self) -> None:
-        process, url = await self.start([TWISTD, "--nodaemon", "--pidfile=", "imageserver"])
+        """``twistd -n imageserver``: serves, writes no pid file unless asked, stops on SIGINT."""
+        running = await start_process(self, [TWISTD, "--nodaemon", "imageserver"])
+        process, url = running.process, running.url
+        self.assertNotIn("twistd.pid", os.listdir(running.store))
         response = await request("GET", url + "/status_check")
         self.assertEqual(response.json(), {"message": "OK"})
         os.kill(process.pid, signal.SIGINT)

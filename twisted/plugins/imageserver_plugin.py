@@ -20,7 +20,19 @@ class ImageServerMaker:
 
         from imageserver.service import ImageServer
 
+        _no_pid_file_unless_asked(options)
         return ImageServer(options.config, reactor)
+
+
+def _no_pid_file_unless_asked(options: ServerOptions) -> None:
+    """twistd writes ``twistd.pid`` by default; a service under systemd or in a container has no
+    use for it, so it is written only when ``--pidfile`` is given."""
+    import sys
+
+    twistd = getattr(options, "parent", None)
+    given = any(arg == "--pidfile" or arg.startswith("--pidfile=") for arg in sys.argv)
+    if twistd is not None and not given:
+        twistd["pidfile"] = ""
 
 
 service_maker = ImageServerMaker()
