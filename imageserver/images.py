@@ -196,7 +196,7 @@ class Images:
             check_servable(variant, allowed_extensions)
             return await self.variant(namespace, image_hash, variant)
         # The original, info.json, an attachment, or a file made elsewhere: the bucket may have it.
-        path = await self.find_relative(relative)
+        path = await self.find(relative)
         if path is not None:
             return path
         if variant is None:
@@ -204,11 +204,8 @@ class Images:
         check_servable(variant, allowed_extensions)
         return await self.variant(namespace, image_hash, variant)
 
-    async def find(self, namespace: str, image_hash: str, name: str) -> str | None:
+    async def find(self, relative: str) -> str | None:
         """The local path of a stored file, read back from the bucket if need be."""
-        return await self.find_relative(paths.relative_path(namespace, image_hash, name))
-
-    async def find_relative(self, relative: str) -> str | None:
         if self.store.exists(relative):
             return self.store.path(relative)
         if self.remote is None:
@@ -258,7 +255,7 @@ class Images:
     async def _read_back(self, relative: str) -> bool:
         """Whether a variant could be read back; with the bucket out of reach, make it here."""
         try:
-            return await self.find_relative(relative) is not None
+            return await self.find(relative) is not None
         except StorageUnavailable as error:
             log.warn(
                 "making {relative} without looking in the bucket: {error}",
@@ -272,7 +269,7 @@ class Images:
         relative = paths.relative_path(namespace, image_hash, ORIGINAL)
         if self.store.exists(relative):
             self.metrics.original_download_skipped.inc()
-        path = await self.find_relative(relative)
+        path = await self.find(relative)
         if path is None:
             self.metrics.original_unavailable.inc()
             raise NotFound(f"image {namespace}/{image_hash} does not exist")

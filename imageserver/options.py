@@ -65,7 +65,7 @@ class Config:
         DEFAULT_EXTENSIONS, "Extensions served on GET, comma separated; empty allows all."
     )
     remote_base_url: str = _flag(
-        "", "Accepted for compatibility: files are read back through the S3 API."
+        "", "Public base URL of the stored files (webhooks' remote_url); reads use the S3 API."
     )
     remote_base_path: str = _flag("", "Key prefix in the remote store.")
     uploader: str = _flag(
