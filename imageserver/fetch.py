@@ -8,6 +8,7 @@ guard can wrap its agent without this module knowing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,8 +37,10 @@ class SourceDownloader:
         spool_directory: str,
         timeout: float,
         max_bytes: int,
+        refused: Mapping[str, str] | None = None,
     ) -> None:
         self._http = http
+        self._refused = refused if refused is not None else {}
         self._reactor = reactor
         self._spool_directory = spool_directory
         self._timeout = timeout
@@ -53,7 +56,7 @@ class SourceDownloader:
         except Exception as error:  # a URL the HTTP client cannot even send
             raise SourceUnavailable(f"Unable to download image: {url}, {error}") from error
         spool = Spool(self._spool_directory, self._max_bytes)
-        download = _Download(url, address, spool, self._reactor, self._timeout)
+        download = _Download(url, address, spool, self._reactor, self._timeout, self._refused)
         finished = download.start(request)
         finished.addErrback(_discard, spool)
         return finished
@@ -63,10 +66,17 @@ class _Download(Protocol):
     """Receives one response body into a spool; one deadline covers headers and body."""
 
     def __init__(
-        self, url: str, address: str, spool: Spool, reactor: IReactorTime, timeout: float
+        self,
+        url: str,
+        address: str,
+        spool: Spool,
+        reactor: IReactorTime,
+        timeout: float,
+        refused: Mapping[str, str],
     ) -> None:
         self.url = url
         self.address = address
+        self.refused = refused
         self.spool = spool
         self.timeout = timeout
         self.finished: Deferred[Spool] = Deferred()
@@ -93,7 +103,22 @@ class _Download(Protocol):
     def _request_failed(self, reason: Failure) -> None:
         self._request = None
         if not reason.check(CancelledError):
-            self._fail(_connection_error(self.url, self.address, reason))
+            self._fail(self._connection_error(reason))
+
+    def _connection_error(self, reason: Failure) -> SourceUnavailable:
+        """Why the download failed: the address guard's refusal, or Go-style transport wording."""
+        failure = reason
+        if reason.check(ResponseFailed) and reason.value.reasons:
+            failure = reason.value.reasons[0]
+        if failure.check(net_error.DNSLookupError):
+            # The name that found no address: this URL's, or a redirect's.
+            host = str(failure.value).rstrip(".").rpartition(": ")[2].strip("'")
+            if host in self.refused:
+                return SourceUnavailable(
+                    f"Unable to download image: {self.url}, refused: {host} is"
+                    f" {self.refused[host]}, not a public address"
+                )
+        return _connection_error(self.url, self.address, failure)
 
     def _timed_out(self) -> None:
         self._fail(SourceUnavailable(f'Get "{self.url}": dial tcp {self.address}: i/o timeout'))
@@ -109,7 +134,7 @@ class _Download(Protocol):
         if self.finished.called:
             return
         if not reason.check(ResponseDone, PotentialDataLoss):
-            self._fail(_connection_error(self.url, self.address, reason))
+            self._fail(self._connection_error(reason))
         elif self.spool.size < MINIMUM_IMAGE_BYTES:
             self._fail(EmptyFile())
         else:

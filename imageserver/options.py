@@ -103,6 +103,9 @@ class Config:
     worker_max_jobs: int = _flag(
         500, "Jobs a worker runs before it is replaced; 0 for never.", check=_at_least(0)
     )
+    allow_private_sources: bool = _flag(
+        False, "Let ?source= URLs reach loopback, private and other internal addresses."
+    )
     http_timeout: int = _flag(5, "Seconds a whole source download may take.", check=_at_least(1))
     max_upload_bytes: int = _flag(
         100 * 1024 * 1024, "Largest upload body or source download.", check=_at_least(1)
@@ -133,8 +136,8 @@ class Config:
     # Flags whose Go spelling uses dashes; every other flag is spelled with underscores.
     DASHED: ClassVar[frozenset[str]] = frozenset(
         {
-            "admin_port", "log_format", "s3_endpoint", "s3_acl", "max_queue", "processing_timeout",
-            "worker_max_jobs",
+            "admin_port", "allow_private_sources", "log_format", "s3_endpoint", "s3_acl",
+            "max_queue", "processing_timeout", "worker_max_jobs",
             "max_upload_bytes", "max_source_pixels", "require_signature",
             "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
             "webhook_url", "webhook_secret", "webhook_timeout", "webhook_events",

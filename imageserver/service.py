@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
 
 from imageserver import collector, paths
+from imageserver.addresses import GuardedReactor
 from imageserver.admin import AdminApp
 from imageserver.collector import GarbageCollector
 from imageserver.events import Events, Fanout
@@ -93,12 +94,19 @@ class Engine(service.MultiService):
             self.statsd = StatsdClient(address, config.statsd_port, config.statsd_prefix)
             sinks.append(self.statsd)
         self.reactor = reactor
+        # Sources get their own connection pool: a connection the bucket's client opened to an
+        # internal host must never be reused by a download the address guard would refuse.
+        self.source_pool = HTTPConnectionPool(reactor)
+        guarded = None if config.allow_private_sources else GuardedReactor(reactor)
+        self.source_reactor = guarded
+        source_agent = Agent(guarded or reactor, pool=self.source_pool)
         downloader = SourceDownloader(
-            HTTPClient(RedirectAgent(agent, MAX_REDIRECTS)),
+            HTTPClient(RedirectAgent(source_agent, MAX_REDIRECTS)),
             reactor,
             self.store.tmp,
             config.http_timeout,
             config.max_upload_bytes,
+            guarded.nameResolver.refused if guarded is not None else {},
         )
         limits = ImageLimits(config.default_quality, config.maximum_width, config.max_source_pixels)
         self.images = Images(
@@ -131,6 +139,7 @@ class Engine(service.MultiService):
             await self._statsd_port.stopListening()
         await super().stopService()
         await self.http_pool.closeCachedConnections()
+        await self.source_pool.closeCachedConnections()
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

@@ -79,6 +79,8 @@ class ServerTestCase(unittest.TestCase):
             "admin_port": 0,
             "local_base_path": base,
             "processor_concurrency": 1,
+            # Sources in the tests are HTTP servers on 127.0.0.1; the guard's own tests turn it on.
+            "allow_private_sources": True,
         }
         values.update(self.config_overrides)
         values.update(overrides)

@@ -1,0 +1,129 @@
+"""The address guard of ``?source=`` downloads (DECISIONS D13)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import resource, server, util
+from zope.interface import implementer
+
+from imageserver import addresses
+from tests.support import ServerTestCase, SourceServer, fixture
+
+
+class BlockTableTests(SynchronousTestCase):
+    def test_blocked(self) -> None:
+        for address in [
+            "127.0.0.1", "127.9.9.9", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+            "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "240.0.0.1", "192.0.2.1",
+            "::1", "::", "fe80::1", "fc00::1", "ff02::1",
+            "::ffff:127.0.0.1", "::ffff:10.0.0.1",  # IPv4-mapped
+            "::7f00:1", "::a00:1",  # IPv4-compatible
+            "2002:7f00:1::", "2002:a00:1::",  # 6to4
+            "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",  # NAT64
+        ]:  # fmt: skip
+            self.assertTrue(addresses.is_blocked(ipaddress.ip_address(address)), address)
+
+    def test_public(self) -> None:
+        for address in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8",
+                        "2002:808:808::", "64:ff9b::808:808"]:  # fmt: skip
+            self.assertFalse(addresses.is_blocked(ipaddress.ip_address(address)), address)
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class MapResolver:
+    """Names to chosen addresses, so tests try every range without leaving the machine."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+
+    def resolveHostName(
+        self, receiver: Any, hostName: str, portNumber: int = 0, *args: Any, **kw: Any
+    ) -> Any:
+        resolution = _Resolution(hostName)
+        receiver.resolutionBegan(resolution)
+        address = self.table.get(hostName, hostName)  # an IP literal stands for itself
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            pass
+        else:
+            receiver.addressResolved(IPv4Address("TCP", address, portNumber))
+        receiver.resolutionComplete()
+        return resolution
+
+
+class GuardTests(ServerTestCase):
+    async def start_guarded(self, names: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+        await self.start_server(allow_private_sources=False)
+        guarded = self.server.engine.source_reactor
+        assert guarded is not None
+        if names is not None:
+            guarded.nameResolver._resolver = MapResolver(names)
+
+    async def assert_refused(self, url: str, shown: str) -> None:  # type: ignore[override]
+        response = await self.upload(b"{}", query=f"?source={url}")
+        self.assert_error(response, 404, f"Unable to download image: {url}, refused: {shown} is")
+        self.assertEqual(self.store_files(), [])
+        self.assert_no_partial_files()
+
+    async def test_loopback_literal_is_refused_before_connecting(self) -> None:
+        await self.start_guarded()
+        source = SourceServer(self)
+        url = source.serve("/wine.jpg", fixture("wine.jpg"))
+        await self.assert_refused(url, "127.0.0.1")
+        self.assertEqual(source.requests, [])
+
+    async def test_names_that_resolve_inside(self) -> None:
+        await self.start_guarded(
+            {"metadata.test": "169.254.169.254", "lan.test": "10.1.2.3", "cgnat.test": "100.64.1.1"}
+        )
+        for name in ("metadata.test", "lan.test", "cgnat.test"):
+            await self.assert_refused(f"http://{name}/latest/meta-data", name)
+
+    async def test_every_redirect_hop_is_checked(self) -> None:
+        """A public name whose server redirects inside: the second hop is refused."""
+        inside = SourceServer(self)
+        secret = inside.serve("/secret.jpg", fixture("wine.jpg"))
+        hop = resource.Resource()
+        hop.putChild(b"go", util.Redirect(secret.encode()))
+        port = reactor.listenTCP(0, server.Site(hop), interface="127.0.0.2")
+        self.addCleanup(port.stopListening)
+        # Only 127.0.0.2 counts as "public" here: the first hop passes, the redirect target not.
+        self.patch(addresses, "is_blocked", lambda ip: str(ip) != "127.0.0.2")
+        await self.start_guarded({"public.test": "127.0.0.2"})
+        url = f"http://public.test:{port.getHost().port}/go"
+        response = await self.upload(b"{}", query=f"?source={url}")
+        self.assert_error(
+            response, 404, f"Unable to download image: {url}, refused: 127.0.0.1 is 127.0.0.1"
+        )
+        self.assertEqual(inside.requests, [])
+
+    async def test_allow_private_sources_lifts_the_guard(self) -> None:
+        await self.start_server(allow_private_sources=True)
+        url = SourceServer(self).serve("/wine.jpg", fixture("wine.jpg"))
+        response = await self.upload(b"{}", query=f"?source={url}")
+        self.assertEqual(response.code, 200)
+
+
+class MemoryTests(SynchronousTestCase):
+    def test_refusals_remembered_are_bounded(self) -> None:
+        guard = addresses.GuardedResolver(MapResolver({}))
+        for index in range(addresses.GuardedResolver.REMEMBERED + 50):
+            guard.refuse(f"name{index}.test", "10.0.0.1")
+        self.assertEqual(len(guard.refused), addresses.GuardedResolver.REMEMBERED)
+        self.assertNotIn("name0.test", guard.refused)
