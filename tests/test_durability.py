@@ -1,0 +1,77 @@
+"""``kill -9`` in the middle of uploads and variant requests loses nothing that was answered."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+
+from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.trial import unittest
+
+from tests.processes import IMAGE_SERVER, start_process
+from tests.support import image_size, request, sleep
+
+
+def distinct_jpeg(index: int) -> bytes:
+    """A small JPEG of its own (a different colour each), so every upload has its own hash."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (index % 256, (index * 7) % 256, (index * 13) % 256)).save(
+        buffer, "JPEG", quality=90
+    )
+    return buffer.getvalue()
+
+
+class KillTests(unittest.TestCase):
+    timeout = 180
+
+    async def test_kill_9_during_uploads(self) -> None:
+        first = await start_process(
+            self, [IMAGE_SERVER, "server"], ["--processor_concurrency", "2"]
+        )
+        answered: dict[str, bytes] = {}
+
+        async def upload(index: int) -> None:
+            body = distinct_jpeg(index)
+            try:
+                response = await request("POST", f"{first.url}/p?outputs=w32.webp", data=body)
+            except Exception:  # the server died under this one
+                return
+            if response.code == 200:
+                answered[response.json()["hash"]] = body
+
+        # A bounded load: 60 uploads at once, the server killed while most are in flight.
+        uploads = [ensureDeferred(upload(index)) for index in range(60)]
+        while len(answered) < 10:
+            await sleep(0.02)
+        os.kill(first.process.pid, signal.SIGKILL)
+        await DeferredList(uploads, consumeErrors=True)
+        await first.process.ended
+        self.assertGreaterEqual(len(answered), 10)
+
+        # Restarted on the same store: everything answered is there, byte for byte.
+        second = await start_process(
+            self, [IMAGE_SERVER, "server"], ["--local_base_path", first.store]
+        )
+        for image_hash, body in answered.items():
+            directory = f"{image_hash[:3]}/{image_hash[3:6]}/{image_hash[6:9]}/{image_hash[9:]}"
+            original = await request("GET", f"{second.url}/p/{directory}/original")
+            self.assertEqual(original.body, body)
+            variant = await request("GET", f"{second.url}/p/{directory}/w32.webp")
+            self.assertEqual(image_size(variant.body), (32, 24, "WEBP"))
+        # And no partial file anywhere: every original matches its hash, every file decodes or is
+        # info.json, and tmp/ was emptied at start.
+        store = first.store
+        self.assertEqual(os.listdir(os.path.join(store, "tmp")), [])
+        for directory, _, files in os.walk(os.path.join(store, "p")):
+            for name in files:
+                with open(os.path.join(directory, name), "rb") as stored:
+                    data = stored.read()
+                if name == "original":
+                    expected = os.path.relpath(directory, os.path.join(store, "p")).replace("/", "")
+                    self.assertEqual(hashlib.md5(data).hexdigest(), expected)
+                elif name.endswith(".webp"):
+                    self.assertEqual(image_size(data)[:2], (32, 24))
