@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from imageserver import mime
+from imageserver import mime, paths
 from imageserver.remote import RemoteStore
 from imageserver.s3 import S3Error
 from imageserver.store import LocalStore, remove_quietly
@@ -107,7 +107,9 @@ def _scan(base: str, cutoff: float) -> tuple[dict[str, list[str]], list[str]]:
     for directory, subdirectories, files in os.walk(base):
         relative = os.path.relpath(directory, base)
         if relative == ".":
-            subdirectories[:] = [d for d in subdirectories if d != "tmp" and not d.startswith(".")]
+            subdirectories[:] = [
+                d for d in subdirectories if d != paths.TMP_DIRECTORY and not d.startswith(".")
+            ]
             continue
         with contextlib.suppress(FileNotFoundError):
             if os.stat(directory).st_mtime < cutoff:

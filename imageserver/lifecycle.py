@@ -12,14 +12,10 @@ class Lifecycle:
         self._is_ready = is_ready
         self.shutting_down = False
 
-    @property
-    def ready(self) -> bool:
-        return self._is_ready() and not self.shutting_down
-
     def health(self) -> tuple[int, str]:
         """Status and message for a health check (SPEC §4.6, with 503 as DECISIONS D17 says)."""
         if self.shutting_down:
             return 503, "Shutting down"
         if not self._is_ready():
-            return 503, "Starting: the image workers are not ready yet"
+            return 503, "Not ready: the image workers are starting, or the bucket is out of reach"
         return 200, "OK"
