@@ -102,6 +102,10 @@ class BodyTooLarge(ImageServerError):
     status = 413
     code = "body_too_large"
 
+    @classmethod
+    def over(cls, limit: int) -> BodyTooLarge:
+        return cls(f"the body is over {limit} bytes")
+
 
 class StorageUnavailable(ImageServerError):
     """A file is not here and the bucket that has it cannot be reached."""

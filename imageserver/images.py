@@ -384,4 +384,4 @@ class Images:
 
 def _check_size(spool: Spool) -> None:
     if spool.too_large:
-        raise BodyTooLarge(f"the body is over {spool.limit} bytes")
+        raise BodyTooLarge.over(spool.limit)

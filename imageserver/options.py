@@ -110,6 +110,11 @@ class Config:
     max_upload_bytes: int = _flag(
         100 * 1024 * 1024, "Largest upload body or source download.", check=_at_least(1)
     )
+    read_timeout: int = _flag(
+        60,
+        "Seconds a client may stay silent, mid-request or between requests, before it is dropped.",
+        check=_at_least(1),
+    )
     max_source_pixels: int = _flag(
         100_000_000,
         "Largest source image, in pixels (all frames); 0 for no limit.",

@@ -18,10 +18,12 @@ JSON_TYPE = b"application/json; charset=UTF-8"
 
 
 def json_body(request: IRequest, status: int, body: Any) -> bytes:
-    """Pretty JSON with a trailing newline, as the Go server writes it."""
+    """Pretty JSON with a trailing newline, as the Go server writes it, and its length."""
+    data = json.dumps(body, indent=2).encode() + b"\n"
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON_TYPE)
-    return json.dumps(body, indent=2).encode() + b"\n"
+    request.setHeader(b"Content-Length", b"%d" % len(data))
+    return data
 
 
 def error_body(request: IRequest, status: int, message: str, code: str) -> bytes:

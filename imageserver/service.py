@@ -175,7 +175,12 @@ class ImageServer(service.MultiService):
             )
             resource, refuse_body = guard, guard.refuses
         self.site = ImageSite(
-            resource, self.store.tmp, config.max_upload_bytes, reactor, refuse_body
+            resource,
+            self.store.tmp,
+            config.max_upload_bytes,
+            reactor,
+            refuse_body,
+            config.read_timeout,
         )
         self.main_port = internet.TCPServer(config.port, self.site, interface=config.listen)
         self.main_port.setServiceParent(self)

@@ -52,7 +52,7 @@ class LoggingSite(server.Site):
 
 
 class SpoolingRequest(TimedRequest):
-    """A request whose body is a `Spool`."""
+    """A request whose body is a `Spool`, or nothing when the body will be refused anyway."""
 
     def gotLength(self, length: int | None) -> None:
         """Headers are in: from here the request counts as in flight, body and all."""
@@ -62,10 +62,12 @@ class SpoolingRequest(TimedRequest):
         self.notifyFinish().addBoth(lambda _: site.request_ended())
         # The request line is in; Twisted keeps it on the channel until the body has arrived.
         method, uri = getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b"")
-        if length != 0 and site.refuse_body is not None and site.refuse_body(method, uri):
-            self.content = _Nowhere()  # type: ignore[assignment]
-        elif length == 0:
+        if length == 0:
             self.content = BytesIO()  # type: ignore[assignment]
+        elif length is not None and length > site.max_body_bytes:
+            self.content = Oversized(site.max_body_bytes)  # type: ignore[assignment]
+        elif site.refuse_body is not None and site.refuse_body(method, uri):
+            self.content = Unread()  # type: ignore[assignment]
         else:
             self.content = Spool(site.spool_directory, site.max_body_bytes)  # type: ignore[assignment]
 
@@ -74,17 +76,46 @@ class SpoolingRequest(TimedRequest):
         return site
 
 
-class _Nowhere(BytesIO):
-    """The body of a request that will be refused: counted by nobody, kept nowhere."""
+class Unread(BytesIO):
+    """The body of a request that will be refused: read off the socket, kept nowhere."""
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
         return len(data)
+
+
+class Oversized(Unread):
+    """A body whose declared length is over the site's limit: the request gets a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+
+class ImageChannel(http.HTTPChannel):
+    """An HTTP/1.1 channel that answers at once a request whose body would be refused.
+
+    A client that sends ``Expect: 100-continue`` (curl does for bodies over 1 MB) waits for our go
+    before sending its body; when that body is over the limit or the request's signature is bad,
+    it gets its answer instead of the go, and no byte of the body crosses the network.  Other
+    clients' refused bodies are read and dropped, so they see the answer rather than a reset.
+    """
+
+    def _send100Continue(self) -> None:
+        if not isinstance(self.requests[-1].content, Unread):
+            super()._send100Continue()
+            return
+        # The request is complete without its body; whatever the client sends later is never
+        # read as a request of its own, as the connection closes after the answer.
+        self.persistent = False
+        self.requests[-1].setHeader(b"Connection", b"close")
+        self.length = 0
 
 
 class ImageSite(LoggingSite):
     """A `Site` that spools bodies to ``spool_directory`` and can wait for its requests to end."""
 
     requestFactory = SpoolingRequest
+    protocol = ImageChannel  # type: ignore[assignment]  # plain HTTP/1.1, no HTTP/2 negotiation
 
     def __init__(
         self,
@@ -93,10 +124,14 @@ class ImageSite(LoggingSite):
         max_body_bytes: int,
         reactor: IReactorTime,
         refuse_body: Callable[[bytes, bytes], bool] | None = None,
+        read_timeout: float = 60.0,
     ) -> None:
         # Never parse a body as a form: ``curl --data-binary`` labels images as form data, and
-        # parsing would read the whole upload into memory on the reactor.
-        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
+        # parsing would read the whole upload into memory on the reactor.  A client silent for
+        # ``read_timeout`` seconds is dropped, and its half-sent body deleted with its request.
+        super().__init__(
+            resource, reactor=reactor, parsePOSTFormSubmission=False, timeout=read_timeout
+        )
         self.refuse_body = refuse_body
         self.spool_directory = spool_directory
         self.max_body_bytes = max_body_bytes

@@ -20,12 +20,13 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from imageserver import mime, paths
-from imageserver.errors import ImageServerError, NotFound, Overloaded
+from imageserver.errors import BodyTooLarge, ImageServerError, NotFound, Overloaded
 from imageserver.events import RequestTimed
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.names import split_outputs
 from imageserver.responses import CachedFile, error_body, json_body
+from imageserver.site import Oversized
 from imageserver.spool import Spool
 
 log = Logger()
@@ -158,4 +159,6 @@ def _outputs(request: IRequest) -> list[str] | None:
 def _body(request: Any) -> Spool | None:
     """The spooled body, or None for an empty one (which Twisted keeps in memory)."""
     content = request.content
+    if isinstance(content, Oversized):
+        raise BodyTooLarge.over(content.limit)
     return content if isinstance(content, Spool) else None

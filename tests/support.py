@@ -11,7 +11,7 @@ from typing import Any
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet import reactor
+from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 from twisted.web import resource, server
@@ -149,6 +149,36 @@ class ServerTestCase(unittest.TestCase):
                 continue
             found.extend(os.path.join(relative, name) for name in files)
         return sorted(found)
+
+
+class RawClient(protocol.Protocol):
+    """A client that writes bytes by hand and keeps all it hears until the server closes."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.done.callback(self.received)
+
+
+async def raw_connection(url: str) -> RawClient:
+    """A raw TCP connection to the server at ``url`` (``http://127.0.0.1:port``)."""
+    port = int(url.rsplit(":", 1)[1])
+    client: RawClient = await protocol.ClientCreator(reactor, RawClient).connectTCP(
+        "127.0.0.1", port
+    )
+    return client
+
+
+async def raw_exchange(url: str, data: bytes) -> bytes:
+    """Send bytes as they are and read the whole answer (for requests treq cannot shape)."""
+    client = await raw_connection(url)
+    client.transport.write(data)
+    return await client.done
 
 
 def sleep(seconds: float) -> Deferred[None]:

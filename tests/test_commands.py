@@ -8,14 +8,13 @@ import signal
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from twisted.internet import defer, protocol, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from imageserver.paths import partition
 from imageserver.signature import Validator
 from tests.processes import IMAGE_SERVER, TWISTD, ServerProcess, children, start_process
-from tests.support import fixture, request, sleep
+from tests.support import fixture, raw_connection, request, sleep
 
 
 class CommandTests(unittest.TestCase):
@@ -227,9 +226,8 @@ class CommandTests(unittest.TestCase):
     async def test_in_flight_upload_finishes_during_shutdown(self) -> None:
         """SIGTERM while a client is half-way through an upload: it still gets its 200."""
         process, url = await self.start([IMAGE_SERVER, "server"])
-        port = int(url.rsplit(":", 1)[1])
         body = fixture("wine.jpg")
-        client = await protocol.ClientCreator(reactor, RawClient).connectTCP("127.0.0.1", port)
+        client = await raw_connection(url)
         client.transport.write(
             b"POST /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body) + body[:1000]
@@ -243,17 +241,3 @@ class CommandTests(unittest.TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
         self.assertIn(b"6e0072682e66287b662827da75b244a3", answer)
         self.assertEqual(await process.ended, 0)
-
-
-class RawClient(protocol.Protocol):
-    """Writes by hand, collects everything until the server closes."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason) -> None:  # type: ignore[no-untyped-def]
-        self.done.callback(self.received)

@@ -6,7 +6,7 @@ import json
 import os
 
 from imageserver.signature import Signer
-from tests.support import WINE_DIR, WINE_HASH, ServerTestCase, fixture, request
+from tests.support import WINE_DIR, WINE_HASH, ServerTestCase, fixture, raw_connection, request
 
 
 class SignedUrlTests(ServerTestCase):
@@ -146,6 +146,18 @@ class SignedUrlTests(ServerTestCase):
         self.assertEqual(response.code, 401)
         self.assertEqual(seen, ["POST /p refused=True"])
         self.assert_no_partial_files()
+
+    async def test_unsigned_upload_expecting_continue_is_refused_before_its_body(self) -> None:
+        await self.start_signed()
+        client = await raw_connection(self.url)
+        client.transport.write(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        answer = await client.done  # no body sent: the answer comes anyway, then the end
+        self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer)
+        self.assertNotIn(b"100 Continue", answer)
+        self.assertIn(b"MissingSignature", answer)
 
     async def test_health_and_admin_need_no_signature(self) -> None:
         await self.start_signed(require_signature_for_reads=True)

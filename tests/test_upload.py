@@ -6,10 +6,16 @@ import json
 import os
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred
-
 from imageserver.info import ImageDetails
-from tests.support import WINE_DIR, WINE_HASH, ServerTestCase, SourceServer, fixture, request
+from tests.support import (
+    WINE_DIR,
+    WINE_HASH,
+    ServerTestCase,
+    SourceServer,
+    fixture,
+    raw_exchange,
+    request,
+)
 
 
 class BodyUploadTests(ServerTestCase):
@@ -292,24 +298,3 @@ class HostileUploadTests(ServerTestCase):
         await self.start_server()
         response = await self.upload(fixture("wine.jpg"), namespace="status_check")
         self.assertEqual(response.json()["hash"], WINE_HASH)
-
-
-async def raw_exchange(url: str, data: bytes) -> bytes:
-    """Send bytes as they are and read the whole answer (for requests treq cannot shape)."""
-    from twisted.internet import protocol, reactor
-
-    class Collect(protocol.Protocol):
-        def __init__(self) -> None:
-            self.received = b""
-            self.done: Deferred[bytes] = Deferred()
-
-        def dataReceived(self, chunk: bytes) -> None:
-            self.received += chunk
-
-        def connectionLost(self, reason: object = None) -> None:
-            self.done.callback(self.received)
-
-    port = int(url.rsplit(":", 1)[1])
-    client = await protocol.ClientCreator(reactor, Collect).connectTCP("127.0.0.1", port)
-    client.transport.write(data)
-    return await client.done
