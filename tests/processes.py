@@ -62,6 +62,7 @@ class ServerProcess(protocol.ProcessProtocol):
 class Running:
     process: ServerProcess
     url: str
+    admin_url: str
     store: str
 
 
@@ -93,7 +94,7 @@ async def start_process(
     for _ in range(200):
         try:
             if (await request("GET", url + "/status_check")).code == 200:
-                return Running(process, url, store)
+                return Running(process, url, f"http://127.0.0.1:{admin}", store)
         except Exception:  # not listening yet
             pass
         await sleep(0.1)

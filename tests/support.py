@@ -65,6 +65,16 @@ def image_size(body: bytes) -> tuple[int, int, str]:
         return image.width, image.height, image.format or ""
 
 
+def distinct_jpeg(index: int) -> bytes:
+    """A small JPEG of its own (a different colour each), so every upload has its own hash."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    colour = (index % 256, (index // 256) % 256, (index * 13) % 256)
+    Image.new("RGB", (64, 48), colour).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
 class ServerTestCase(unittest.TestCase):
     """Starts an `ImageServer` on ephemeral ports in a fresh store for each test."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 
@@ -11,18 +10,7 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.trial import unittest
 
 from tests.processes import IMAGE_SERVER, start_process
-from tests.support import image_size, request, sleep
-
-
-def distinct_jpeg(index: int) -> bytes:
-    """A small JPEG of its own (a different colour each), so every upload has its own hash."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (index % 256, (index * 7) % 256, (index * 13) % 256)).save(
-        buffer, "JPEG", quality=90
-    )
-    return buffer.getvalue()
+from tests.support import distinct_jpeg, image_size, request, sleep
 
 
 class KillTests(unittest.TestCase):
