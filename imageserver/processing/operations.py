@@ -53,6 +53,11 @@ _ALLOWED_LOADER_CLASSES = (
 )
 _ANIMATED_LOADERS = frozenset({"gifload", "webpload"})
 _ANIMATED_OUTPUTS = frozenset({"gif", "webp"})
+# How strictly each loader's pixels must decode.  libvips counts a TIFF tile or strip that cannot
+# be read (a file cut short) as a mere warning and fills it with zeros, so TIFF fails on warnings.
+# The others fail on errors only: their warnings include harmless quirks of real files (a JPEG's
+# extraneous bytes before a marker), and their truncations are errors.
+_FAIL_ON = {"tiffload": "warning"}
 
 # Quality 0 (custom names) means the encoder default: SPEC §15 item 27 for JPEG and WebP, libheif's
 # own default for AVIF and HEIC.
@@ -96,6 +101,7 @@ class _Header:
     frames: int  # frames we would read for an animated output, at most MAX_FRAMES
     has_icc: bool  # an embedded profile, so converting to sRGB needs a colour transform
     hevc: bool  # HEIF coded with HEVC: libvips cannot decode the pixels, pi-heif can
+    fail_on: str  # libvips' fail_on for this loader's pixels: "error" or "warning"
 
 
 def identify(path: str, max_pixels: int = 100_000_000) -> tuple[int, int, str]:
@@ -147,7 +153,7 @@ def render(
             if header.hevc:
                 image = _decode_hevc(source, scaled_width, scaled_height)
             else:
-                image = _thumbnail(source, scaled_width, scaled_height, frames, header.has_icc)
+                image = _thumbnail(source, scaled_width, scaled_height, frames, header)
             image = _crop_centre(image, out_width, out_height, frames)
             save(image, destination, quality or _DEFAULT_QUALITY.get(output_format, 0))
     except BaseException:
@@ -183,6 +189,7 @@ def _read_header(path: str) -> _Header:
             frames=frames,
             has_icc=bool(image.get_typeof("icc-profile-data")),
             hevc=hevc,
+            fail_on=_FAIL_ON.get(loader, "error"),
         )
 
 
@@ -197,7 +204,7 @@ def _check_decodes(path: str, header: _Header) -> None:
             _decode_hevc(path, 1, 1, failure=errors.UnreadableImage)
             return
         pyvips.Image.thumbnail_source(
-            pyvips.Source.new_from_file(path), 8, option_string="fail_on=error"
+            pyvips.Source.new_from_file(path), 8, option_string=f"fail_on={header.fail_on}"
         ).avg()
 
 
@@ -230,24 +237,25 @@ def _round_ratio(numerator: int, denominator: int) -> int:
     return (2 * numerator + denominator) // (2 * denominator)
 
 
-def _thumbnail(path: str, width: int, height: int, frames: int, has_icc: bool) -> pyvips.Image:
+def _thumbnail(path: str, width: int, height: int, frames: int, header: _Header) -> pyvips.Image:
     """Decode `path` straight to width x height per frame, shrinking on load where the codec can.
 
     Loader options go in `option_string`: libvips 8.18's `thumbnail_source` silently ignores its
     own `fail_on` argument (and `thumbnail` ignores a `[...]` suffix on a file name, which would
-    also misparse paths ending in `]`).  `fail_on=error` makes a truncated file fail instead of
-    rendering grey; `n` reads the frames of an animation.  Access is sequential.
+    also misparse paths ending in `]`).  `fail_on` (the header's: error, or warning for TIFF) makes
+    a truncated file fail instead of rendering grey; `n` reads the frames of an animation.  Access
+    is sequential.
     sRGB: libvips converts CMYK by itself; an embedded profile (Display P3...) needs
     `export_profile`, which we skip otherwise because it costs a colour transform per pixel.
     """
-    options = {"export_profile": "srgb"} if has_icc else {}
+    options = {"export_profile": "srgb"} if header.has_icc else {}
     return pyvips.Image.thumbnail_source(
         pyvips.Source.new_from_file(path),
         width,
         height=height,
         size="force",
         no_rotate=False,
-        option_string="fail_on=error" + (f",n={frames}" if frames > 1 else ""),
+        option_string=f"fail_on={header.fail_on}" + (f",n={frames}" if frames > 1 else ""),
         **options,
     )
 
