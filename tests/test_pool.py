@@ -6,8 +6,10 @@ import os
 import signal
 
 from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.trial import unittest
 from twisted.web.client import ResponseNeverReceived
 
+from imageserver.processing.pool import WorkerPool
 from tests.support import WINE_DIR, ServerTestCase, request, sleep
 
 
@@ -99,3 +101,13 @@ class PoolTests(ServerTestCase):
             await sleep(0.05)
         self.assertEqual(self.server.pool.in_flight, 0)
         self.assertTrue(os.path.isfile(self.local("p", WINE_DIR, "w60.jpg")))
+
+
+class WarmUpTests(unittest.TestCase):
+    async def test_slow_first_start_is_not_held_to_the_job_timeout(self) -> None:
+        """A job timeout far shorter than a worker's start (importing libvips) still gets ready."""
+        pool = WorkerPool(size=1, max_queue=0, timeout=0.01, max_jobs=0)
+        await pool.startService()
+        self.addCleanup(pool.stopService)
+        self.assertTrue(pool.ready)
+        self.assertEqual(len(pool.worker_pids()), 1)

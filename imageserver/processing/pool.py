@@ -44,6 +44,10 @@ def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
     return environment
 
 
+# The longest a new worker may take to load libvips and answer its first job.
+WARM_UP_SECONDS = 60
+
+
 class WorkerPool(Service):
     """``size`` pyvips workers and a queue of at most ``max_queue`` waiting jobs."""
 
@@ -86,7 +90,10 @@ class WorkerPool(Service):
         return started
 
     def _warm(self) -> Deferred[None]:
-        warming = [self._pool.doWork(commands.Warm) for _ in range(self.size)]
+        # A first start imports libvips and may compile bytecode: far slower than a job, so the
+        # warm-up is not held to a short --processing-timeout (which would leave us never ready).
+        timeout = max(self.timeout, WARM_UP_SECONDS)
+        warming = [self._pool.doWork(commands.Warm, _timeout=timeout) for _ in range(self.size)]
 
         def _ready(results: list[tuple[bool, object]]) -> None:
             failures = [result for succeeded, result in results if not succeeded]
