@@ -1,0 +1,477 @@
+"""The benchmark run: every phase of issue 8 in one process tree on 127.0.0.1, then a report.
+
+Phases, in order, each measured against a reference taken in the same run (absolute numbers drift
+on a shared machine, ratios much less):
+
+1. limit   -- the workers' pyvips operation called directly in N processes (limit.py);
+2. misses  -- wrk on names nobody asked for, through our server; interleaved with 1 (and 6) per
+              source and operation, so both see the same machine;
+3. hits    -- wrk on stored files, ours against a bare ``twisted.web.static.File``;
+4. uploads -- 1 MB and 20 MB bodies, with the main process's peak memory;
+5. memory  -- peak RSS of the main process and each worker, reset before every measurement;
+6. thumbor -- optional (``--thumbor``): the same sources and operations through thumbor;
+7. soak    -- optional (``--soak MINUTES``): misses, hits and uploads in rounds, RSS sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks import fixtures, load, procs, report, servers
+from benchmarks.operations import BY_KEY, OPERATIONS, Operation, work_list
+
+BENCHMARKS = Path(__file__).resolve().parent
+DATA = BENCHMARKS / ".data"
+RESULTS = BENCHMARKS / "results"
+NAMESPACE = "bench"
+UPLOAD_NAMESPACE = "uploads"
+
+Result = dict[str, Any]
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short phases (3 s), for a try")
+    parser.add_argument("--duration", type=float, help="seconds per measurement (default 10)")
+    parser.add_argument("--thumbor", action="store_true", help="also measure thumbor")
+    parser.add_argument("--soak", type=float, default=0, metavar="MINUTES", help="a soak run")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pool size")
+    parser.add_argument("--sources", help="comma-separated source keys (default: all)")
+    parser.add_argument("--operations", help="comma-separated operation keys (default: all)")
+    parser.add_argument(
+        "--phases", default="misses,hits,uploads", help="which of misses,hits,uploads to run"
+    )
+    parser.add_argument("--profile", action="store_true", help="run our server under cProfile")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    arguments = parser.parse_args(argv)
+    if arguments.duration is None:
+        arguments.duration = 3.0 if arguments.quick else 10.0
+    return arguments
+
+
+def _image_path(namespace: str, image_hash: str, name: str) -> str:
+    h = image_hash
+    return f"/{namespace}/{h[0:3]}/{h[3:6]}/{h[6:9]}/{h[9:]}/{name}"
+
+
+def wait_idle(pid: int, seconds: float = 120.0) -> None:
+    """Wait until a process tree stops using CPU (jobs left over by the last load are done)."""
+    deadline = time.monotonic() + seconds
+    before = procs.tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = procs.tree_cpu_seconds(pid)
+        if now - before < 0.05:
+            return
+        before = now
+
+
+class OtherLoad:
+    """CPU that processes outside the measured tree used during a measurement, in cores.
+
+    The machine is shared: a figure taken while someone else's tests ran is lower, and says so.
+    `stop` takes the CPU of the measured tree and of our own reaped children (wrk, the limit).
+    """
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.busy = procs.machine_busy_seconds()
+        self.children = procs.own_children_cpu_seconds()
+
+    def stop(self, measured_cpu: float) -> tuple[float, float]:
+        """(other processes' cores, our load generator's cores) since the start."""
+        seconds = time.monotonic() - self.started
+        busy = procs.machine_busy_seconds() - self.busy
+        children = procs.own_children_cpu_seconds() - self.children
+        others = max(0.0, busy - measured_cpu - children)
+        return round(others / seconds, 2), round(children / seconds, 2)
+
+
+def measure_load(
+    root_pid: int,
+    base_url: str,
+    paths: list[str],
+    seconds: float,
+    connections: int,
+    max_requests: int,
+    body: Path | None = None,
+) -> Result:
+    """One wrk run with the server tree's CPU time and per-process peak RSS around it."""
+    wait_idle(root_pid)
+    pids = procs.tree(root_pid)
+    procs.reset_peaks(pids)
+    cpu_before = procs.tree_cpu_seconds(root_pid)
+    other = OtherLoad()
+    result = load.run(base_url, paths, seconds, connections, max_requests, body)
+    cpu = procs.tree_cpu_seconds(root_pid) - cpu_before
+    other_cores, wrk_cores = other.stop(cpu)
+    pids = procs.tree(root_pid)
+    measured: Result = result.as_dict()
+    measured["cpu_ms_per_request"] = (
+        round(1000 * cpu / result.requests, 2) if result.requests else None
+    )
+    measured["cpu_cores"] = round(cpu / result.seconds, 2) if result.seconds else None
+    measured["wrk_cores"] = wrk_cores
+    measured["other_cores"] = other_cores
+    measured["main_peak_mb"] = round(procs.peak_rss_mb(root_pid), 1)
+    measured["children_peak_mb"] = [round(procs.peak_rss_mb(pid), 1) for pid in pids[1:]]
+    return measured
+
+
+def run_limit(jobs: list[list[str]], processes: int, seconds: float) -> Result:
+    """The pyvips limit for one list of jobs, in a subprocess with the workers' environment."""
+    from imageserver.processing.pool import worker_environment
+
+    spec = {
+        "processes": processes,
+        "seconds": seconds,
+        "jobs": jobs,
+        "default_quality": 75,
+        "maximum_width": 5000,
+        "max_pixels": 100_000_000,
+        "scratch": str(DATA),
+    }
+    with tempfile.TemporaryDirectory(prefix="limit-", dir=DATA) as directory:
+        spec_path, result_path = Path(directory, "spec.json"), Path(directory, "result.json")
+        spec_path.write_text(json.dumps(spec))
+        environment = worker_environment()
+        environment["PYTHONPATH"] = f"{BENCHMARKS.parent}:{environment['PYTHONPATH']}"
+        other = OtherLoad()
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.limit", str(spec_path), str(result_path)],
+            env=environment,
+            check=True,
+            timeout=seconds + 300,
+            cwd=BENCHMARKS.parent,
+        )
+        limit: Result = json.loads(result_path.read_text())
+        # The subprocess's start-up and warm-up count as ours here, so this is a lower bound.
+        limit["other_cores"] = other.stop(0.0)[0]
+        return limit
+
+
+def adapted_duration(seconds: float, limit_rate: float) -> float:
+    """Long enough for about 16 images at the limit's rate, at most 4 x `seconds`.
+
+    A 12 MP full-size AVIF takes seconds: 10 s would count two or three of them.
+    """
+    if limit_rate <= 0:
+        return 4 * seconds
+    return round(min(4 * seconds, max(seconds, 16 / limit_rate)), 1)
+
+
+def upload_sources(server: servers.OurServer, manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """Upload every copy of every source; the hashes, by source key and copy."""
+    hashes: dict[str, list[str]] = {}
+    for key, source in manifest["sources"].items():
+        hashes[key] = []
+        for copy in source["copies"]:
+            body = (DATA / "sources" / copy["file"]).read_bytes()
+            answer = servers.post(f"{server.url}/{NAMESPACE}", body)
+            hashes[key].append(str(answer["hash"]))
+    return hashes
+
+
+def phase_misses(
+    arguments: argparse.Namespace,
+    server: servers.OurServer,
+    thumbor: servers.Thumbor | None,
+    manifest: dict[str, Any],
+    hashes: dict[str, list[str]],
+    sources: list[str],
+    operations: list[Operation],
+) -> list[Result]:
+    """Limit, ours and thumbor for each source and operation, one after the other."""
+    rows: list[Result] = []
+    connections = 2 * arguments.workers  # a job always waiting for each worker
+    for key in sources:
+        files = [copy["file"] for copy in manifest["sources"][key]["copies"]]
+        for operation in operations:
+            work = work_list(key, operation, len(files))
+            names = [(copy, operation.ours(sizes)) for copy, sizes in work]
+            print(f"  {key} {operation.key}: limit", end="", flush=True)
+            jobs = [[str(DATA / "sources" / files[copy]), name] for copy, name in names]
+            row: Result = {"source": key, "operation": operation.key}
+            row["limit"] = run_limit(jobs, arguments.workers, arguments.duration)
+            seconds = adapted_duration(arguments.duration, row["limit"]["images_per_s"])
+            if seconds > arguments.duration:
+                row["limit"] = run_limit(jobs, arguments.workers, seconds)
+            row["seconds"] = seconds
+            print(f" {row['limit']['images_per_s']}/s, ours", end="", flush=True)
+            paths = [_image_path(NAMESPACE, hashes[key][copy], name) for copy, name in names]
+            row["ours"] = measure_load(
+                server.pid, server.url, paths, seconds, connections, len(paths)
+            )
+            print(f" {row['ours']['rps']}/s", end="", flush=True)
+            if thumbor is not None:
+                thumbor_paths = [
+                    f"/unsafe/{operation.thumbor(sizes)}/{files[copy]}" for copy, sizes in work
+                ]
+                row["thumbor"] = measure_load(
+                    thumbor.pid,
+                    thumbor.url,
+                    thumbor_paths,
+                    seconds,
+                    connections,
+                    len(thumbor_paths),
+                )
+                print(f", thumbor {row['thumbor']['rps']}/s", end="", flush=True)
+            print(flush=True)
+            rows.append(row)
+    return rows
+
+
+def phase_hits(
+    arguments: argparse.Namespace,
+    server: servers.OurServer,
+    static: servers.StaticServer,
+    hashes: dict[str, list[str]],
+) -> list[Result]:
+    """Stored files through our server and through bare static.File: a small variant, a big file."""
+    files = [("w300.jpg of jpeg-1080", "jpeg-1080", "w300.jpg")]
+    if "jpeg-12mp" in hashes:
+        files.append(("original of jpeg-12mp", "jpeg-12mp", "original"))
+    rows: list[Result] = []
+    rounds = 1 if arguments.quick else 2
+    for label, key, name in files:
+        path = _image_path(NAMESPACE, hashes[key][0], name)
+        status, headers, body = servers.get(server.url + path, timeout=60)
+        if status != 200:
+            raise RuntimeError(f"GET {path} answered {status}")
+        row: Result = {
+            "file": label,
+            "bytes": len(body),
+            "etag": headers.get("ETag"),
+            "cache_control": headers.get("Cache-Control"),
+        }
+        print(f"  {label}: ", end="", flush=True)
+        for round_ in range(rounds):  # alternated, the best of each kept: the machine is shared
+            for side, pid, url in (
+                ("ours", server.pid, server.url),
+                ("static", static.pid, static.url),
+            ):
+                measured = measure_load(pid, url, [path], arguments.duration, 8, 10_000_000)
+                if side not in row or measured["rps"] > row[side]["rps"]:
+                    row[side] = measured
+                print(f"{side} {measured['rps']}/s ", end="", flush=True)
+            del round_
+        print(flush=True)
+        rows.append(row)
+    return rows
+
+
+def phase_uploads(
+    arguments: argparse.Namespace, server: servers.OurServer, manifest: dict[str, Any]
+) -> list[Result]:
+    """The same body posted again and again: spooling, hashing, identify, the atomic rename."""
+    rows: list[Result] = []
+    for key, upload in manifest["uploads"].items():
+        body = DATA / "sources" / upload["file"]
+        measured = measure_load(
+            server.pid,
+            server.url,
+            [f"/{UPLOAD_NAMESPACE}"],
+            arguments.duration,
+            arguments.workers,
+            1_000_000,
+            body=body,
+        )
+        measured["body_bytes"] = upload["bytes"]
+        measured["megabytes_per_s"] = round(measured["rps"] * upload["bytes"] / 1e6, 1)
+        print(f"  {key}: {measured['rps']}/s, main peak {measured['main_peak_mb']} MB", flush=True)
+        rows.append({"upload": key, "ours": measured})
+    return rows
+
+
+def soak_work(manifest: dict[str, Any], hashes: dict[str, list[str]]) -> list[str]:
+    """A large shuffled list of distinct miss paths over the fast sources (no HEIC)."""
+    paths: list[str] = []
+    for key in ("jpeg-1080", "webp-1080", "png-alpha", "jpeg-12mp"):
+        if key not in hashes:
+            continue
+        for image_hash in hashes[key]:
+            for width in range(401, 1000):
+                for name in (f"w{width}.jpg", f"w{width}.webp", f"x{width}.webp"):
+                    paths.append(_image_path(NAMESPACE, image_hash, name))
+    random.Random("soak").shuffle(paths)
+    return paths
+
+
+def phase_soak(
+    arguments: argparse.Namespace,
+    server: servers.OurServer,
+    manifest: dict[str, Any],
+    hashes: dict[str, list[str]],
+) -> Result:
+    """Rounds of misses, hits and 1 MB uploads for `--soak` minutes, RSS sampled after each."""
+    paths = soak_work(manifest, hashes)
+    hit = _image_path(NAMESPACE, next(iter(hashes.values()))[0], "w300.jpg")
+    body = DATA / "sources" / manifest["uploads"]["1mb"]["file"]
+    deadline = time.monotonic() + 60 * arguments.soak
+    started = time.monotonic()
+    samples: list[Result] = []
+    offset = 0
+    while time.monotonic() < deadline and offset < len(paths):
+        chunk = paths[offset:]
+        misses = load.run(server.url, chunk, 20, 2 * arguments.workers, len(chunk))
+        offset += misses.requests + 2 * arguments.workers
+        load.run(server.url, [hit], 5, 8, 10_000_000)
+        load.run(server.url, [f"/{UPLOAD_NAMESPACE}"], 5, 2, 1_000_000, body=body)
+        workers = [procs.rss_mb(pid) for pid in server.worker_pids()]
+        samples.append(
+            {
+                "minute": round((time.monotonic() - started) / 60, 2),
+                "main_rss_mb": round(procs.rss_mb(server.pid), 1),
+                "main_peak_mb": round(procs.peak_rss_mb(server.pid), 1),
+                "worker_rss_mb": [round(value, 1) for value in workers],
+                "miss_rps": misses.rps,
+                "miss_errors": misses.errors,
+            }
+        )
+        print(
+            f"  {samples[-1]['minute']} min: main {samples[-1]['main_rss_mb']} MB, "
+            f"workers {samples[-1]['worker_rss_mb']} MB, misses {misses.rps}/s",
+            flush=True,
+        )
+    first = next((s for s in samples if s["minute"] >= 1), samples[0] if samples else None)
+    last = samples[-1] if samples else None
+    growth = None
+    if first and last and first["main_rss_mb"]:
+        growth = round(last["main_rss_mb"] / first["main_rss_mb"] - 1, 3)
+    return {"minutes": arguments.soak, "samples": samples, "main_rss_growth": growth}
+
+
+def machine() -> Result:
+    """What the numbers were measured on, and what else was running."""
+    load_average = os.getloadavg()
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        cwd=BENCHMARKS.parent,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(value, 2) for value in load_average],
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit, so the servers are stopped by the `with` blocks."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous: Callable[..., Any] | int | None = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(arguments: argparse.Namespace) -> Result:
+    """All phases; the servers are stopped whatever happens."""
+    sources = arguments.sources.split(",") if arguments.sources else None
+    operations = (
+        [BY_KEY[key] for key in arguments.operations.split(",")]
+        if arguments.operations
+        else list(OPERATIONS)
+    )
+    phases = set(arguments.phases.split(","))
+    print("Preparing the source images", flush=True)
+    manifest = fixtures.ensure(DATA / "sources")
+    source_keys = sources or list(manifest["sources"])
+    results: Result = {
+        "machine": machine(),
+        "settings": {
+            "seconds_per_measurement": arguments.duration,
+            "workers": arguments.workers,
+            "miss_connections": 2 * arguments.workers,
+            "hit_connections": 8,
+            "upload_connections": arguments.workers,
+            "quick": arguments.quick,
+        },
+        "sources": manifest,
+    }
+    store = DATA / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    logs = DATA / "logs"
+    profile = RESULTS / "server.prof" if arguments.profile else None
+    with _terminate_cleanly(), contextlib.ExitStack() as stack:
+        print(f"Starting image-server with {arguments.workers} workers", flush=True)
+        ours = servers.OurServer(store, arguments.workers, logs / "image-server.log", profile)
+        stack.callback(ours.stop)
+        thumbor: servers.Thumbor | None = None
+        if arguments.thumbor:
+            installed, message = servers.ensure_thumbor()
+            results["thumbor"] = {"installed": installed, "version": message}
+            if installed:
+                print(f"Starting {message} with {arguments.workers} processes", flush=True)
+                thumbor = servers.Thumbor(
+                    DATA / "sources", arguments.workers, DATA / "thumbor.conf", logs / "thumbor.log"
+                )
+                stack.callback(thumbor.stop)
+            else:
+                print(message, flush=True)
+        print("Uploading the sources", flush=True)
+        hashes = upload_sources(ours, manifest)
+        if "misses" in phases:
+            print("Limit, misses" + (" and thumbor" if thumbor else ""), flush=True)
+            results["misses"] = phase_misses(
+                arguments, ours, thumbor, manifest, hashes, source_keys, operations
+            )
+        if "hits" in phases:
+            static = servers.StaticServer(store, logs / "static.log")
+            stack.callback(static.stop)
+            print("Hits", flush=True)
+            results["hits"] = phase_hits(arguments, ours, static, hashes)
+        if "uploads" in phases:
+            print("Uploads", flush=True)
+            results["uploads"] = phase_uploads(arguments, ours, manifest)
+        if arguments.soak:
+            print(f"Soak, {arguments.soak} minutes", flush=True)
+            results["soak"] = phase_soak(arguments, ours, manifest, hashes)
+    results["targets"] = report.targets(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    DATA.mkdir(exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)
+    results = run(arguments)
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(report.render(results))
+    print(f"\nJSON: {arguments.output}")
+    if arguments.profile:
+        print(report.profile_summary(RESULTS / "server.prof", RESULTS / "server-profile.txt"))
+    return 0

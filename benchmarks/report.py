@@ -1,0 +1,338 @@
+"""Ratios, targets and the printed tables (Markdown, so a run's output pastes into the README).
+
+Every target of issue 8 is a ratio to a reference measured in the same run, or a memory bound; a
+target whose measurement was not taken in this run is reported as not measured, never as met.
+"""
+
+from __future__ import annotations
+
+import io
+import pstats
+from pathlib import Path
+from typing import Any
+
+Result = dict[str, Any]
+
+MISS_RATIO_TARGET = 0.85
+HIT_RATIO_TARGET = 0.8
+MAIN_RSS_LIMIT_MB = 150.0
+WORKER_RSS_LIMIT_MB = 200.0
+SOAK_GROWTH_LIMIT = 0.10
+# The issue's "1920x1080 and 12 MP sources" for the misses target: its two photo JPEGs.
+MISS_TARGET_SOURCES = ("jpeg-1080", "jpeg-12mp")
+TWELVE_MP_SOURCES = ("jpeg-12mp", "heic-12mp")
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def add_ratios(results: Result) -> None:
+    """Put each figure's ratio to its reference next to it."""
+    for row in results.get("misses", []):
+        row["ours_vs_limit"] = _ratio(row["ours"]["rps"], row["limit"]["images_per_s"])
+        # The same comparison by CPU time, which other processes on the machine disturb less.
+        row["ours_vs_limit_cpu"] = _ratio(
+            row["limit"]["cpu_ms_per_image"], row["ours"]["cpu_ms_per_request"]
+        )
+        if "thumbor" in row:
+            thumbor = row["thumbor"]
+            successful = thumbor["requests"] - thumbor["errors"]
+            row["ours_vs_thumbor"] = _ratio(row["ours"]["rps"], thumbor["rps"])
+            row["thumbor_failed"] = successful <= 0
+    for row in results.get("hits", []):
+        row["ours_vs_static"] = _ratio(row["ours"]["rps"], row["static"]["rps"])
+
+
+def _all_main_peaks(results: Result) -> list[tuple[str, float]]:
+    peaks: list[tuple[str, float]] = []
+    for row in results.get("misses", []):
+        peaks.append((f"misses {row['source']} {row['operation']}", row["ours"]["main_peak_mb"]))
+    for row in results.get("hits", []):
+        peaks.append((f"hits {row['file']}", row["ours"]["main_peak_mb"]))
+    for row in results.get("uploads", []):
+        peaks.append((f"uploads {row['upload']}", row["ours"]["main_peak_mb"]))
+    for sample in results.get("soak", {}).get("samples", []):
+        peaks.append((f"soak at {sample['minute']} min", sample["main_peak_mb"]))
+    return peaks
+
+
+def targets(results: Result) -> list[Result]:
+    """The issue's targets, each met, missed, or not measured, with the figures behind it."""
+    add_ratios(results)
+    found: list[Result] = []
+    misses = results.get("misses", [])
+
+    rows = [
+        row
+        for row in misses
+        if row["source"] in MISS_TARGET_SOURCES
+        and row["operation"].split(".")[-1] in ("jpg", "webp")
+    ]
+    below = [r for r in rows if (r["ours_vs_limit"] or 0) < MISS_RATIO_TARGET]
+    found.append(
+        {
+            "target": f"misses >= {MISS_RATIO_TARGET} x pyvips limit (JPEG/WebP out, "
+            "1920x1080 and 12 MP JPEG sources)",
+            "status": "not measured" if not rows else ("missed" if below else "met"),
+            "worst": min((r["ours_vs_limit"] or 0 for r in rows), default=None),
+            "below": [f"{r['source']} {r['operation']}: {r['ours_vs_limit']}" for r in below],
+        }
+    )
+
+    compared = [row for row in misses if "thumbor" in row]
+    behind = [r for r in compared if not r["thumbor_failed"] and (r["ours_vs_thumbor"] or 0) <= 1]
+    found.append(
+        {
+            "target": "ahead of thumbor on every source and operation",
+            "status": "not measured" if not compared else ("missed" if behind else "met"),
+            "behind": [f"{r['source']} {r['operation']}: {r['ours_vs_thumbor']}" for r in behind],
+            "thumbor_failed": [
+                f"{r['source']} {r['operation']}" for r in compared if r["thumbor_failed"]
+            ],
+        }
+    )
+
+    hits = results.get("hits", [])
+    low = [r for r in hits if (r["ours_vs_static"] or 0) < HIT_RATIO_TARGET]
+    headers = all(r["etag"] and r["cache_control"] for r in hits)
+    found.append(
+        {
+            "target": f"hits >= {HIT_RATIO_TARGET} x static.File, with ETag and Cache-Control",
+            "status": "not measured" if not hits else ("missed" if low or not headers else "met"),
+            "worst": min((r["ours_vs_static"] or 0 for r in hits), default=None),
+            "headers_present": headers,
+        }
+    )
+
+    peaks = _all_main_peaks(results)
+    over = [(label, peak) for label, peak in peaks if peak >= MAIN_RSS_LIMIT_MB]
+    found.append(
+        {
+            "target": f"main process RSS < {MAIN_RSS_LIMIT_MB:.0f} MB in every phase",
+            "status": "not measured" if not peaks else ("missed" if over else "met"),
+            "max_mb": max((peak for _, peak in peaks), default=None),
+            "over": [f"{label}: {peak}" for label, peak in over],
+        }
+    )
+
+    twelve = [row for row in misses if row["source"] in TWELVE_MP_SOURCES]
+    worker_peaks = [
+        (f"{r['source']} {r['operation']}", max(r["ours"]["children_peak_mb"] or [0]))
+        for r in twelve
+    ]
+    heavy = [(label, peak) for label, peak in worker_peaks if peak >= WORKER_RSS_LIMIT_MB]
+    found.append(
+        {
+            "target": f"each worker < {WORKER_RSS_LIMIT_MB:.0f} MB on a 12 MP source",
+            "status": "not measured" if not twelve else ("missed" if heavy else "met"),
+            "max_mb": max((peak for _, peak in worker_peaks), default=None),
+            "over": [f"{label}: {peak}" for label, peak in heavy],
+        }
+    )
+
+    soak = results.get("soak")
+    growth = soak.get("main_rss_growth") if soak else None
+    found.append(
+        {
+            "target": f"main RSS growth <= {SOAK_GROWTH_LIMIT:.0%} over a soak run",
+            "status": "not measured"
+            if growth is None
+            else ("met" if growth <= SOAK_GROWTH_LIMIT else "missed"),
+            "growth": growth,
+            "minutes": soak.get("minutes") if soak else None,
+        }
+    )
+    return found
+
+
+def _format(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(results: Result) -> str:
+    """The printed report: one table per phase, then the targets."""
+    out = io.StringIO()
+    machine = results["machine"]
+    settings = results["settings"]
+    out.write(
+        f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), load average at start "
+        f"{machine['load_average_at_start']}, commit {machine['commit']}, {machine['date']}.\n"
+        f"{settings['workers']} workers / thumbor processes; {settings['seconds_per_measurement']}"
+        f" s per measurement; misses with {settings['miss_connections']} connections.\n\n"
+    )
+    misses = results.get("misses", [])
+    if misses:
+        with_thumbor = any("thumbor" in row for row in misses)
+        header = [
+            "source",
+            "operation",
+            "limit img/s",
+            "ours req/s",
+            "ours/limit",
+            "p50 ms",
+            "p99 ms",
+            "CPU ms/req",
+            "limit CPU ms/img",
+            "ours/limit by CPU",
+            "worker peak MB",
+            "limit peak MB",
+            "other load",
+        ]
+        if with_thumbor:
+            header += ["thumbor req/s", "ours/thumbor", "thumbor CPU ms/req"]
+        rows = []
+        for row in misses:
+            ours, limit = row["ours"], row["limit"]
+            flags = (" (ran out of names)" if ours["exhausted"] else "") + (
+                f" ({ours['errors']} errors)" if ours["errors"] else ""
+            )
+            line = [
+                row["source"],
+                row["operation"],
+                _format(limit["images_per_s"]),
+                _format(ours["rps"]) + flags,
+                _format(row["ours_vs_limit"], 2),
+                _format(ours["p50_ms"], 0),
+                _format(ours["p99_ms"], 0),
+                _format(ours["cpu_ms_per_request"]),
+                _format(limit["cpu_ms_per_image"]),
+                _format(row["ours_vs_limit_cpu"], 2),
+                _format(max(ours["children_peak_mb"] or [0]), 0),
+                _format(max(limit["process_peak_mb"] or [0]), 0),
+                f"{_format(limit['other_cores'], 1)} / {_format(ours['other_cores'], 1)}",
+            ]
+            if with_thumbor:
+                thumbor = row.get("thumbor")
+                if thumbor is None:
+                    line += ["-", "-", "-"]
+                elif row["thumbor_failed"]:
+                    line += ["fails", "-", "-"]
+                else:
+                    errors = f" ({thumbor['errors']} errors)" if thumbor["errors"] else ""
+                    line += [
+                        _format(thumbor["rps"]) + errors,
+                        _format(row["ours_vs_thumbor"], 2),
+                        _format(thumbor["cpu_ms_per_request"]),
+                    ]
+            rows.append(line)
+        out.write(
+            "Misses (every request makes a new variant; other load: cores used by other "
+            "processes during the limit / ours)\n\n" + _table(header, rows) + "\n\n"
+        )
+    hits = results.get("hits", [])
+    if hits:
+        header = [
+            "file",
+            "bytes",
+            "ours req/s",
+            "static.File req/s",
+            "ours/static",
+            "ours p99 ms",
+            "ours CPU ms/req",
+            "static CPU ms/req",
+            "other load",
+        ]
+        rows = [
+            [
+                row["file"],
+                str(row["bytes"]),
+                _format(row["ours"]["rps"], 0),
+                _format(row["static"]["rps"], 0),
+                _format(row["ours_vs_static"], 2),
+                _format(row["ours"]["p99_ms"]),
+                _format(row["ours"]["cpu_ms_per_request"], 2),
+                _format(row["static"]["cpu_ms_per_request"], 2),
+                f"{_format(row['ours']['other_cores'])} / {_format(row['static']['other_cores'])}",
+            ]
+            for row in hits
+        ]
+        out.write("Hits (stored files; 8 connections)\n\n" + _table(header, rows) + "\n\n")
+    uploads = results.get("uploads", [])
+    if uploads:
+        header = ["body", "req/s", "MB/s", "p50 ms", "p99 ms", "CPU ms/req", "main peak MB"]
+        rows = [
+            [
+                f"{row['upload']} ({row['ours']['body_bytes']} bytes)",
+                _format(row["ours"]["rps"]),
+                _format(row["ours"]["megabytes_per_s"]),
+                _format(row["ours"]["p50_ms"], 0),
+                _format(row["ours"]["p99_ms"], 0),
+                _format(row["ours"]["cpu_ms_per_request"]),
+                _format(row["ours"]["main_peak_mb"]),
+            ]
+            for row in uploads
+        ]
+        out.write("Uploads\n\n" + _table(header, rows) + "\n\n")
+    memory = _memory_rows(results)
+    if memory:
+        header = ["phase", "main peak MB", "worker peaks MB"]
+        out.write("Peak RSS per phase\n\n" + _table(header, memory) + "\n\n")
+    soak = results.get("soak")
+    if soak and soak["samples"]:
+        first, last = soak["samples"][0], soak["samples"][-1]
+        out.write(
+            f"Soak: {soak['minutes']} min; main RSS {first['main_rss_mb']} MB at "
+            f"{first['minute']} min, {last['main_rss_mb']} MB at {last['minute']} min "
+            f"(growth {_format(soak['main_rss_growth'], 3)} from the first minute on); "
+            f"workers at the end {last['worker_rss_mb']} MB.\n\n"
+        )
+    rows = [[t["target"], t["status"], _target_detail(t)] for t in results.get("targets", [])]
+    out.write("Targets\n\n" + _table(["target", "status", "figures"], rows) + "\n")
+    return out.getvalue()
+
+
+def _memory_rows(results: Result) -> list[list[str]]:
+    rows: list[list[str]] = []
+    by_source: dict[str, tuple[float, float]] = {}
+    for row in results.get("misses", []):
+        main, worker = by_source.get(row["source"], (0.0, 0.0))
+        ours = row["ours"]
+        by_source[row["source"]] = (
+            max(main, ours["main_peak_mb"]),
+            max(worker, max(ours["children_peak_mb"] or [0])),
+        )
+    for source, (main, worker) in by_source.items():
+        rows.append([f"misses {source}", _format(main), _format(worker)])
+    for row in results.get("hits", []):
+        ours = row["ours"]
+        peaks = ", ".join(_format(p) for p in ours["children_peak_mb"])
+        rows.append([f"hits {row['file']}", _format(ours["main_peak_mb"]), peaks])
+    for row in results.get("uploads", []):
+        ours = row["ours"]
+        peaks = ", ".join(_format(p) for p in ours["children_peak_mb"])
+        rows.append([f"uploads {row['upload']}", _format(ours["main_peak_mb"]), peaks])
+    return rows
+
+
+def _target_detail(target: Result) -> str:
+    details = [
+        f"{key}: {value}"
+        for key, value in target.items()
+        if key not in ("target", "status") and value not in (None, [], "")
+    ]
+    return "; ".join(details) or "-"
+
+
+def profile_summary(profile: Path, destination: Path, lines: int = 40) -> str:
+    """The main process's cProfile, by own time and by cumulative time, written to a file."""
+    if not profile.exists():
+        return f"no profile at {profile} (the server did not exit cleanly?)"
+    text = io.StringIO()
+    stats = pstats.Stats(str(profile), stream=text)
+    stats.strip_dirs().sort_stats("tottime").print_stats(lines)
+    stats.sort_stats("cumulative").print_stats(lines)
+    destination.write_text(text.getvalue())
+    return f"cProfile of the main process: {destination}"
