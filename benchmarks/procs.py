@@ -51,6 +51,14 @@ def cpu_seconds(pid: int) -> float:
     return 0.0
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User + system time of `pid` alone (the server's main process, without its workers)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        fields = _stat(pid)
+        return sum(int(value) for value in fields[11:13]) / TICKS
+    return 0.0
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a whole process tree, the reaped processes included."""
     return sum(cpu_seconds(p) for p in tree(pid))
