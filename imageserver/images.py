@@ -185,9 +185,10 @@ class Images:
         did), so files another version wrote, say ``x200-q0.jpg``, stay reachable.
         """
         check_file_name(name)
+        local = self.local_file(namespace, image_hash, name)
+        if local is not None:
+            return local
         relative = paths.relative_path(namespace, image_hash, name)
-        if self.store.exists(relative):
-            return self.store.path(relative)
         try:
             variant: Variant | None = self.parse(name)
         except InvalidParameter as error:
@@ -203,6 +204,15 @@ class Images:
             raise refusal
         check_servable(variant, allowed_extensions)
         return await self.variant(namespace, image_hash, variant)
+
+    def local_file(self, namespace: str, image_hash: str, name: str) -> str | None:
+        """The path of a file stored here; None when it is not, or ``name`` is no file name."""
+        try:
+            check_file_name(name)
+        except InvalidParameter:
+            return None
+        relative = paths.relative_path(namespace, image_hash, name)
+        return self.store.path(relative) if self.store.exists(relative) else None
 
     async def find(self, relative: str) -> str | None:
         """The local path of a stored file, read back from the bucket if need be."""

@@ -15,6 +15,10 @@ from imageserver.errors import InvalidParameter, NotFound
 NAMESPACE = re.compile(r"[a-z0-9_-]+")
 HASH = re.compile(r"[a-f0-9]{32}")
 PARTITION = re.compile(r"([a-f0-9]{3})/([a-f0-9]{3})/([a-f0-9]{3})/([a-f0-9]{23})")
+# The URL path of one of an image's files: ``/{namespace}/{partition}/{name}``.
+FILE_PATH = re.compile(
+    rf"/(?P<namespace>{NAMESPACE.pattern})/(?P<partition>{PARTITION.pattern})/(?P<name>[^/]+)"
+)
 
 # The local store keeps its temporary files here, so no namespace may be called that.
 TMP_DIRECTORY = "tmp"

@@ -9,14 +9,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
 from klein import Klein
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 
 from imageserver import mime, paths
@@ -56,10 +59,10 @@ class MainApp:
         self.default_outputs = default_outputs
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        return _Files(self, self.app.resource())
 
     @contextmanager
-    def _timed(self, handler: str) -> Iterator[None]:
+    def timed(self, handler: str) -> Iterator[None]:
         """Time a handler for Prometheus and statsd (whether it succeeds or not)."""
         started = time.perf_counter()
         try:
@@ -78,7 +81,7 @@ class MainApp:
     async def upload(self, request: IRequest, namespace: str) -> bytes:
         metrics = self.images.metrics
         metrics.new_image.inc()
-        with self._timed("new_image"):
+        with self.timed("new_image"):
             try:
                 source = _argument(request, "source")
                 if source:
@@ -97,33 +100,32 @@ class MainApp:
     @app.route(IMAGE + "/process", methods=["POST"])
     async def process(self, request: IRequest, namespace: str, **parts: str) -> bytes:
         image_hash = _image_hash(namespace, parts)
-        with self._timed("resize_many"):
+        with self.timed("resize_many"):
             await self.images.make_outputs(namespace, image_hash, _outputs(request) or [])
         request.setResponseCode(200)
         return b""
 
     @app.route(IMAGE + "/<name>", methods=["GET", "HEAD"])
     async def fetch(self, request: IRequest, namespace: str, name: str, **parts: str) -> IResource:
+        """A file by a path with escapes (the others take `_Files`)."""
+        return await self.file(namespace, _image_hash(namespace, parts), name)
+
+    async def file(self, namespace: str, image_hash: str, name: str) -> IResource:
         """A stored file, read back from the bucket or made first when need be."""
-        image_hash = _image_hash(namespace, parts)
-        with self._timed("resize_image"):
+        with self.timed("resize_image"):
             path = await self.images.resolve(namespace, image_hash, name, self.allowed_extensions)
-        relative = paths.relative_path(namespace, image_hash, name)
-        return CachedFile(path, relative, mime.content_type_of(name, path))
+        return _stored_file(path, namespace, image_hash, name)
 
     @app.route(IMAGE + "/<name>", methods=["POST"])
     async def attach(self, request: IRequest, namespace: str, name: str, **parts: str) -> bytes:
         image_hash = _image_hash(namespace, parts)
-        with self._timed("new_file"):
+        with self.timed("new_file"):
             await self.images.store_attachment(namespace, image_hash, name, _body(request))
         return json_body(request, 200, {})
 
     @app.handle_errors(ImageServerError)
     def image_server_error(self, request: IRequest, failure: Failure) -> bytes:
-        error: ImageServerError = failure.value
-        if isinstance(error, Overloaded):
-            request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode())
-        return error_body(request, error.status, error.message, error.code)
+        return _error_answer(request, failure)
 
     @app.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -132,8 +134,78 @@ class MainApp:
 
     @app.handle_errors(Exception)
     def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
+        return _error_answer(request, failure)
+
+
+def _error_answer(request: IRequest, failure: Failure) -> bytes:
+    """The JSON answer to a failure: ours say what went wrong, anything else is logged as a 500."""
+    error = failure.value
+    if not isinstance(error, ImageServerError):
         log.failure("unexpected error answering {uri}", failure, uri=request.uri)
         return error_body(request, 500, "internal server error", "internal_error")
+    if isinstance(error, Overloaded):
+        request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode())
+    return error_body(request, error.status, error.message, error.code)
+
+
+class _Files(Resource):
+    """The main site: ``GET`` and ``HEAD`` of an image's files here, anything else to the routes.
+
+    Those are most of what an image server answers, and the router, the coroutine and Klein's
+    handling of results cost more than serving a small file (benchmarks/README.md has the
+    figures): a file on disk is served at once, a variant to make is waited for with one callback.
+    Paths with escapes or outside ASCII take the routes, which decode them the same way.
+    """
+
+    isLeaf = True
+
+    def __init__(self, app: MainApp, routes: IResource) -> None:
+        super().__init__()
+        self.app = app
+        self.routes = routes
+
+    def render(self, request: Request) -> bytes | int:
+        route = _file_route(request)
+        if route is None:
+            rendered: bytes | int = self.routes.render(request)
+            return rendered
+        path = self.app.images.local_file(*route)
+        if path is not None:
+            with self.app.timed("resize_image"):
+                served: bytes | int = _stored_file(path, *route).render(request)
+                return served
+        answer = ensureDeferred(self.app.file(*route))
+        gone = request.notifyFinish()
+        gone.addErrback(lambda _: answer.cancel())  # the client left: stop waiting (not the job)
+        answer.addCallbacks(request.render, partial(_answer_error, request, gone))
+        return NOT_DONE_YET
+
+
+def _file_route(request: Request) -> tuple[str, str, str] | None:
+    """(namespace, hash, name) of a plain GET or HEAD of an image's file, else None."""
+    if request.method not in (b"GET", b"HEAD") or b"%" in request.path:
+        return None
+    try:
+        match = paths.FILE_PATH.fullmatch(request.path.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    if match is None:
+        return None
+    namespace, partition, name = match.group("namespace", "partition", "name")
+    return namespace, partition.replace("/", ""), name
+
+
+def _answer_error(request: Request, gone: Deferred[None], failure: Failure) -> None:
+    if gone.called:
+        return  # nobody to answer
+    body = _error_answer(request, failure)
+    request.write(body)
+    request.finish()
+
+
+def _stored_file(path: str, namespace: str, image_hash: str, name: str) -> CachedFile:
+    relative = paths.relative_path(namespace, image_hash, name)
+    return CachedFile(path, relative, mime.content_type_of(name, path))
 
 
 def _image_hash(namespace: str, parts: dict[str, str]) -> str:
