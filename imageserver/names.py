@@ -71,7 +71,11 @@ def check_file_name(name: str) -> None:
     """Refuse names that could escape the image directory, hide in it, or not fit on disk."""
     if name in ("", ".", "..") or _UNSAFE.search(name) or name.startswith("."):
         raise InvalidParameter(f"invalid file name: {name!r}")
-    if len(name.encode()) > MAX_NAME_BYTES:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate: no file name on disk or in a bucket
+        raise InvalidParameter(f"invalid file name: {name!r}") from None
+    if size > MAX_NAME_BYTES:
         raise InvalidParameter(f"file names are at most {MAX_NAME_BYTES} bytes")
 
 

@@ -59,7 +59,9 @@ def key(secret: str) -> bytes:
 
 
 def string_to_sign(method: str, path: str, expires: int) -> bytes:
-    return f"{method}\n{path}\n{expires}".encode()
+    # A path's bytes that are not UTF-8 arrive surrogate-escaped (see `SignatureGuard`): they are
+    # signed as the bytes they were, as the Go server signs its raw path.
+    return f"{method}\n{path}\n{expires}".encode("utf-8", "surrogateescape")
 
 
 def sign(secret: str, method: str, path: str, expires: int) -> str:
@@ -108,9 +110,9 @@ class Validator:
         raw_expires = query.get("X-Expires", "")
         if not signature or not raw_expires:
             raise refusal("MissingSignature")
-        if not _EXPIRES.fullmatch(raw_expires) or int(raw_expires) not in _INT64:
+        expires = _parse_int64(raw_expires)
+        if expires is None:
             raise refusal("InvalidExpires")
-        expires = int(raw_expires)
         now = int(self.clock())
         if now > expires:
             raise refusal("SignatureExpired")
@@ -128,6 +130,18 @@ class Validator:
         ]
         if not any(matches):
             raise refusal("InvalidSignature")
+
+
+def _parse_int64(text: str) -> int | None:
+    """A signed decimal as Go's ``ParseInt(text, 10, 64)`` takes it (leading zeros too), or None;
+    never converting thousands of digits, which Python refuses past 4300."""
+    if not _EXPIRES.fullmatch(text):
+        return None
+    significant = text.lstrip("+-").lstrip("0") or "0"
+    if len(significant) > 19:
+        return None
+    value = -int(significant) if text.startswith("-") else int(significant)
+    return value if value in _INT64 else None
 
 
 @dataclass(frozen=True)
@@ -216,6 +230,7 @@ def verify_webhook(secret: str, timestamp: str, body: bytes, signature: str) -> 
 
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)", re.ASCII)
+_MAX_DURATION_SECONDS = 2**63 / 1e9
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -227,4 +242,7 @@ def parse_duration(text: str) -> int:
     parts = _DURATION_PART.findall(body)
     if not body or "".join(number + unit for number, unit in parts) != body:
         raise ValueError(f"invalid TTL duration: {text!r}")
-    return sign * int(sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts))
+    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if not seconds < _MAX_DURATION_SECONDS:  # Go's durations are int64 nanoseconds; inf too
+        raise ValueError(f"invalid TTL duration: {text!r}")
+    return sign * int(seconds)
