@@ -81,6 +81,7 @@ class _Download(Protocol):
         self.timeout = timeout
         self.finished: Deferred[Spool] = Deferred()
         self._request: Deferred[IResponse] | None = None
+        self._failing = False
         self._deadline: IDelayedCall = reactor.callLater(timeout, self._timed_out)
 
     def start(self, request: Deferred[IResponse]) -> Deferred[Spool]:
@@ -142,8 +143,10 @@ class _Download(Protocol):
             self.finished.callback(self.spool)
 
     def _fail(self, error: ImageServerError) -> None:
-        if self.finished.called:
+        # Cancelling the request below can fail it again, re-entering here: the first reason wins.
+        if self.finished.called or self._failing:
             return
+        self._failing = True
         if self._deadline.active():
             self._deadline.cancel()
         if self._request is not None:

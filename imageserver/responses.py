@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any
 
 from twisted.web import http, static
@@ -15,6 +16,8 @@ from imageserver import mime
 from imageserver.names import cache_control, is_generated
 
 JSON_TYPE = b"application/json; charset=UTF-8"
+# A well-formed ``Range`` header: one or more byte ranges, ``first-[last]`` or ``-suffix``.
+BYTE_RANGES = re.compile(rb"bytes=[ \t]*(?:\d+-\d*|-\d+)(?:[ \t]*,[ \t]*(?:\d+-\d*|-\d+))*[ \t]*")
 # Files up to this size are read in one go; larger ones stream (the size of static.File's reads).
 WHOLE_FILE_BYTES = 64 * 1024
 
@@ -80,7 +83,12 @@ class CachedFile(static.File):
                 return b""
             # RFC 9110 §13.1.3: with If-None-Match present, If-Modified-Since is ignored.
             request.requestHeaders.removeHeader(b"If-Modified-Since")
-        if stat.st_size > WHOLE_FILE_BYTES or request.getHeader(b"Range") is not None:
+        byte_range = request.getHeader(b"Range")
+        if byte_range is not None and not BYTE_RANGES.fullmatch(byte_range):
+            # RFC 9110 §14.2: a Range that does not parse is ignored (static.File would fail on it).
+            request.requestHeaders.removeHeader(b"Range")
+            byte_range = None
+        if stat.st_size > WHOLE_FILE_BYTES or byte_range is not None:
             result: bytes | int = super().render_GET(request)  # streamed, or a range of it
             return result
         return self._whole(request, stat)

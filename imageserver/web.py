@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -129,12 +129,16 @@ class MainApp:
 
     @app.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> bytes:
-        # Like the Go server: an unknown route and a wrong method are both "404 page not found".
-        return error_body(request, 404, "404 page not found", "not_found")
+        return _no_route(request)
 
     @app.handle_errors(Exception)
     def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
         return _error_answer(request, failure)
+
+
+def _no_route(request: IRequest) -> bytes:
+    # Like the Go server: an unknown route and a wrong method are both "404 page not found".
+    return error_body(request, 404, "404 page not found", "not_found")
 
 
 def _error_answer(request: IRequest, failure: Failure) -> bytes:
@@ -165,6 +169,11 @@ class _Files(Resource):
         self.routes = routes
 
     def render(self, request: Request) -> bytes | int:
+        if not request.method.isupper() or not _decodes(request.path):
+            # Methods are case-sensitive, and no route has a name that is not UTF-8: as an
+            # unknown route (the router would take ``get`` for ``GET``, and answer bad UTF-8
+            # in HTML).
+            return _no_route(request)
         route = _file_route(request)
         if route is None:
             rendered: bytes | int = self.routes.render(request)
@@ -193,6 +202,15 @@ def _file_route(request: Request) -> tuple[str, str, str] | None:
         return None
     namespace, partition, name = match.group("namespace", "partition", "name")
     return namespace, partition.replace("/", ""), name
+
+
+def _decodes(path: bytes) -> bool:
+    """Whether a URL path, escapes decoded, is UTF-8."""
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _answer_error(request: Request, gone: Deferred[None], failure: Failure) -> None:
