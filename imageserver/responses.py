@@ -83,12 +83,8 @@ class CachedFile(static.File):
                 return b""
             # RFC 9110 §13.1.3: with If-None-Match present, If-Modified-Since is ignored.
             request.requestHeaders.removeHeader(b"If-Modified-Since")
-        byte_range = request.getHeader(b"Range")
-        if byte_range is not None and not BYTE_RANGES.fullmatch(byte_range):
-            # RFC 9110 §14.2: a Range that does not parse is ignored (static.File would fail on it).
-            request.requestHeaders.removeHeader(b"Range")
-            byte_range = None
-        if stat.st_size > WHOLE_FILE_BYTES or byte_range is not None:
+        _ignore_unreadable(request)
+        if stat.st_size > WHOLE_FILE_BYTES or request.getHeader(b"Range") is not None:
             result: bytes | int = super().render_GET(request)  # streamed, or a range of it
             return result
         return self._whole(request, stat)
@@ -106,6 +102,20 @@ class CachedFile(static.File):
             return stored.read()
 
     render_HEAD = render_GET
+
+
+def _ignore_unreadable(request: Request) -> None:
+    """Drop a ``Range`` or ``If-Modified-Since`` that does not parse, as RFC 9110 says to ignore
+    them (§14.2, §13.1.3); Twisted would fail on some with a 500."""
+    byte_range = request.getHeader(b"Range")
+    if byte_range is not None and not BYTE_RANGES.fullmatch(byte_range):
+        request.requestHeaders.removeHeader(b"Range")
+    since = request.getHeader(b"If-Modified-Since")
+    if since is not None:
+        try:
+            http.stringToDatetime(since.split(b";", 1)[0])
+        except (ValueError, IndexError):
+            request.requestHeaders.removeHeader(b"If-Modified-Since")
 
 
 def _matches(if_none_match: bytes | None, tag: bytes) -> bool:

@@ -1067,6 +1067,19 @@ class ServerBugs(RawHTTPTestCase):
             if response.status == 200:
                 self.assertEqual(response.body, WINE, message)
 
+    async def test_an_unreadable_if_modified_since_is_ignored(self) -> None:
+        """``If-Modified-Since: \\x0b`` was a 500: Twisted's date parser fails with IndexError."""
+        await self.start()
+        await self.upload_wine()
+        for value in (b"\x0b", b"garbage", b"Mon, 32 Foo 2020"):
+            request = RawRequest(
+                b"GET", b"/p/" + WINE_DIR.encode() + b"/original", ((b"If-Modified-Since", value),)
+            )
+            response = await self.answer(request)
+            message = self.describe(request, response)
+            self.assertEqual(response.status, 200, message)
+            self.assertEqual(response.body, WINE, message)
+
     async def test_a_lowercase_method_on_a_stored_file(self) -> None:
         """The router takes ``get`` for ``GET``, then Twisted's ``static.File`` has no
         ``render_get``: ``501 text/html "Huh?"``.  Methods are case-sensitive (RFC 9110 §9.1)."""
