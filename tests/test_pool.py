@@ -10,6 +10,7 @@ from twisted.trial import unittest
 from twisted.web.client import ResponseNeverReceived
 
 from imageserver.processing.pool import WorkerPool
+from imageserver.processing.worker import NICENESS
 from tests.support import WINE_DIR, ServerTestCase, request, sleep
 
 
@@ -111,3 +112,13 @@ class WarmUpTests(unittest.TestCase):
         self.addCleanup(pool.stopService)
         self.assertTrue(pool.ready)
         self.assertEqual(len(pool.worker_pids()), 1)
+
+
+class PriorityTests(ServerTestCase):
+    async def test_workers_yield_the_cpu_to_the_main_process(self) -> None:
+        await self.start_server()
+        [pid] = self.server.pool.worker_pids()
+        with open(f"/proc/{pid}/stat") as stat:
+            worker_nice = int(stat.read().rsplit(")", 1)[1].split()[16])
+        self.assertEqual(worker_nice, os.nice(0) + NICENESS)
+        await self.upload_wine()  # and it still works
