@@ -1098,10 +1098,15 @@ class ServerBugs(RawHTTPTestCase):
                 self.assert_json_error(request, response, message)
 
     async def test_a_source_download_that_times_out(self) -> None:
-        """A download still waiting at ``--http_timeout`` (https to a plain HTTP server) logged
-        ``AlreadyCalledError`` from fetch.py and answered an empty reason, not ``i/o timeout``."""
+        """A download still waiting at ``--http_timeout`` (a TLS handshake with a server that
+        never answers) logged ``AlreadyCalledError`` from fetch.py and lost its ``i/o timeout``."""
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+
         await self.start()
-        url = self.source.base.replace("http:", "https:") + "/wine.jpg"
+        silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        url = f"https://127.0.0.1:{silent.getHost().port}/wine.jpg"
         request = RawRequest(b"POST", b"/p?source=" + quote(url, safe="").encode())
         response = await self.answer(request)
         message = self.describe(request, response)
