@@ -51,9 +51,10 @@ def entity_tag(stat: os.stat_result, identity: str | None) -> bytes:
 class CachedFile(static.File):
     """A stored file with ``ETag``, ``Last-Modified`` and ``Cache-Control``.
 
-    `static.File` already answers ``Range``, ``HEAD`` and ``If-Modified-Since`` and streams from
-    disk with a producer; this adds the validator, the caching headers, and keeps content that a
-    browser could run (HTML, SVG) from being shown inline.
+    `static.File` answers ``Range`` and streams large files from disk with a producer; this adds
+    the validator and the caching headers, sends a small file in one write, ignores unreadable
+    conditional headers, and keeps content that a browser could run (HTML, SVG) from being shown
+    inline.
     """
 
     def __init__(self, path: str, relative: str, content_type: str) -> None:
