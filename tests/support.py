@@ -205,6 +205,7 @@ class SourceServer(resource.Resource):
     def __init__(self, testcase: unittest.TestCase) -> None:
         super().__init__()
         self.routes: dict[bytes, tuple[int, bytes]] = {}
+        self.locations: dict[bytes, bytes] = {}
         self.requests: list[server.Request] = []
         port = reactor.listenTCP(0, server.Site(self), interface="127.0.0.1")
         testcase.addCleanup(port.stopListening)
@@ -214,10 +215,17 @@ class SourceServer(resource.Resource):
         self.routes[path.encode()] = (status, body)
         return self.base + path
 
+    def redirect(self, path: str, target: str) -> str:
+        """Answer ``path`` with a 302 to ``target``."""
+        self.locations[path.encode()] = target.encode()
+        return self.serve(path, b"", 302)
+
     def render_GET(self, request: server.Request) -> bytes:
         self.requests.append(request)
         status, body = self.routes.get(request.path, (404, b"not here"))
         request.setResponseCode(status)
+        if request.path in self.locations:
+            request.setHeader(b"Location", self.locations[request.path])
         return body
 
 

@@ -190,6 +190,52 @@ class SourceUploadTests(ServerTestCase):
             url, 404, f"Unable to download image: {url}, status code: 404"
         )
 
+    async def test_redirects_are_followed_five_times(self) -> None:
+        await self.start_server()
+        source = SourceServer(self)
+        source.serve("/hop5", fixture("wine.jpg"))
+        for hop in range(5):
+            source.redirect(f"/hop{hop}", f"{source.base}/hop{hop + 1}")
+        response = await self.upload(b"{}", query=f"?source={source.base}/hop0")
+        self.assertEqual(response.json()["hash"], WINE_HASH)
+
+    async def test_a_sixth_redirect_is_refused(self) -> None:
+        await self.start_server()
+        source = SourceServer(self)
+        source.serve("/hop6", fixture("wine.jpg"))
+        for hop in range(6):
+            source.redirect(f"/hop{hop}", f"{source.base}/hop{hop + 1}")
+        url = f"{source.base}/hop0"
+        await self.assert_source_refused(url, 404, f'Get "{url}": ')
+        self.assertNotIn(b"/hop6", [request.path for request in source.requests])
+
+    async def test_a_body_trickling_past_the_timeout_is_cut_off(self) -> None:
+        """``--http_timeout`` bounds the whole download, not each read: a source sending a byte
+        every 50 ms forever is stopped at the deadline, and its half body deleted."""
+        from twisted.internet import reactor, task
+        from twisted.internet.protocol import Factory, Protocol
+
+        class Trickle(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(  # type: ignore[union-attr]
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
+                    + fixture("wine.jpg")[:100]
+                )
+                self.drip = task.LoopingCall(self.transport.write, b"x")  # type: ignore[union-attr]
+                self.drip.start(0.05)
+
+            def connectionLost(self, reason: object = None) -> None:
+                self.drip.stop()
+
+        await self.start_server(http_timeout=1)
+        port = reactor.listenTCP(0, Factory.forProtocol(Trickle), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/wine.jpg"
+        await self.assert_source_refused(url, 404, f'Get "{url}": dial tcp')
+        self.assertIn(
+            "i/o timeout", (await self.upload(b"{}", query=f"?source={url}")).json()["error"]
+        )
+
     async def test_zero_byte_source(self) -> None:
         await self.start_server()
         url = SourceServer(self).serve("/empty.jpg", b"")
