@@ -21,7 +21,7 @@ from twisted.python import usage
 
 from imageserver.errors import ImageServerError
 from imageserver.names import DEFAULT_EXTENSIONS, parse_name, split_outputs
-from imageserver.signature import parse_secrets
+from imageserver.signature import read_secrets
 
 ENV_PREFIX = "IMAGE_SERVER_"
 
@@ -288,8 +288,7 @@ def _check_signatures(config: Config) -> None:
     if not path:
         raise usage.UsageError("--signing-secrets-file: needed with --require-signature")
     try:
-        with open(path, encoding="utf-8") as secrets:
-            found = parse_secrets(secrets.read())
+        found = read_secrets(path)
     except OSError as error:
         raise usage.UsageError(f"--signing-secrets-file: {error.strerror}: {path}") from None
     if not found:

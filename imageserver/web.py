@@ -186,7 +186,8 @@ class _Files(Resource):
         answer = ensureDeferred(self.app.file(*route))
         gone = request.notifyFinish()
         gone.addErrback(lambda _: answer.cancel())  # the client left: stop waiting (not the job)
-        answer.addCallbacks(request.render, partial(_answer_error, request, gone))
+        answer.addCallback(request.render)  # its failures too go to the error answer
+        answer.addErrback(partial(_answer_error, request, gone))
         return NOT_DONE_YET
 
 
@@ -216,6 +217,10 @@ def _decodes(path: bytes) -> bool:
 def _answer_error(request: Request, gone: Deferred[None], failure: Failure) -> None:
     if gone.called:
         return  # nobody to answer
+    if request.startedWriting:  # failed half-way through a file: all that is left is to stop
+        log.failure("failed while sending {uri}", failure, uri=request.uri)
+        request.loseConnection()
+        return
     body = _error_answer(request, failure)
     request.write(body)
     request.finish()

@@ -151,6 +151,13 @@ class OptionTests(SynchronousTestCase):
             self.assertTrue(str(error).startswith(message), str(error))
         self.assertTrue(Config(require_signature_for_reads=True).signatures_required)
 
+    def test_a_secret_that_is_not_utf8_is_accepted_as_the_server_reads_it(self) -> None:
+        secrets = self.mktemp()
+        with open(secrets, "wb") as f:
+            f.write(b"caf\xe9-secret\n")
+        config = parse(["--require-signature", "--signing-secrets-file", secrets])
+        self.assertEqual(config.signing_secrets_file, secrets)
+
 
 class CommandLineTests(SynchronousTestCase):
     def test_flags_on_either_side(self) -> None:
