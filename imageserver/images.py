@@ -7,6 +7,7 @@ variant, the same remote file or the same source URL share one job.
 
 from __future__ import annotations
 
+import enum
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +58,15 @@ from imageserver.store import LocalStore, remove_quietly
 from imageserver.uploader import Uploads
 
 log = Logger()
+
+
+class Looked(enum.Flag):
+    """Where a caller has just looked for a file and not found it."""
+
+    NOWHERE = 0
+    HERE = enum.auto()
+    BUCKET = enum.auto()
+    EVERYWHERE = HERE | BUCKET
 
 
 @dataclass(frozen=True)
@@ -184,26 +194,32 @@ class Images:
         A stored file is served before its name is judged (as the Go server's static handler
         did), so files another version wrote, say ``x200-q0.jpg``, stay reachable.
         """
-        check_file_name(name)
         local = self.local_file(namespace, image_hash, name)
         if local is not None:
             return local
-        relative = paths.relative_path(namespace, image_hash, name)
+        return await self.obtain(namespace, image_hash, name, allowed_extensions)
+
+    async def obtain(
+        self, namespace: str, image_hash: str, name: str, allowed_extensions: frozenset[str]
+    ) -> str:
+        """`resolve` for a file just found missing here: read back from the bucket, else made."""
+        check_file_name(name)
         try:
             variant: Variant | None = self.parse(name)
         except InvalidParameter as error:
             variant, refusal = None, error
         if variant is not None and not variant.custom:
             check_servable(variant, allowed_extensions)
-            return await self.variant(namespace, image_hash, variant)
+            return await self.variant(namespace, image_hash, variant, looked=Looked.HERE)
         # The original, info.json, an attachment, or a file made elsewhere: the bucket may have it.
-        path = await self.find(relative)
+        relative = paths.relative_path(namespace, image_hash, name)
+        path = await self._from_bucket(relative)
         if path is not None:
             return path
         if variant is None:
             raise refusal
         check_servable(variant, allowed_extensions)
-        return await self.variant(namespace, image_hash, variant)
+        return await self.variant(namespace, image_hash, variant, looked=Looked.EVERYWHERE)
 
     def local_file(self, namespace: str, image_hash: str, name: str) -> str | None:
         """The path of a file stored here; None when it is not, or ``name`` is no file name."""
@@ -214,10 +230,8 @@ class Images:
         relative = paths.relative_path(namespace, image_hash, name)
         return self.store.path(relative) if self.store.exists(relative) else None
 
-    async def find(self, relative: str) -> str | None:
-        """The local path of a stored file, read back from the bucket if need be."""
-        if self.store.exists(relative):
-            return self.store.path(relative)
+    async def _from_bucket(self, relative: str) -> str | None:
+        """Read a file missing here back from the bucket; its local path, or None."""
         if self.remote is None:
             return None
         try:
@@ -231,16 +245,22 @@ class Images:
     # Variants
 
     def variant(
-        self, namespace: str, image_hash: str, variant: Variant, for_batch: bool = False
+        self,
+        namespace: str,
+        image_hash: str,
+        variant: Variant,
+        looked: Looked = Looked.NOWHERE,
+        upload_later: bool = True,
     ) -> Deferred[str]:
         """The path of a variant: local, else from the bucket, else made from the original.
 
-        A variant made for a GET is uploaded in the background; a batch (``for_batch``) has
-        already looked in the bucket and uploads what it made itself, before it answers.
+        ``looked`` says where the caller has just found it missing, so it is not asked again.
+        A variant made for a GET is uploaded in the background (``upload_later``); a batch
+        uploads what it made itself, before it answers.
         """
         relative = paths.relative_path(namespace, image_hash, variant.name)
         labels = (namespace, variant.extension, str(variant.quality))
-        if self.store.exists(relative):
+        if Looked.HERE not in looked and self.store.exists(relative):
             self.metrics.version_noop.labels(*labels).inc()
             return succeed(self.store.path(relative))
         output_format = variant.output_format
@@ -248,12 +268,12 @@ class Images:
             raise NotFound(f"{relative} does not exist")
 
         async def obtain() -> str:
-            if not for_batch and await self._read_back(relative):
+            if Looked.BUCKET not in looked and await self._read_back(relative):
                 self.metrics.version_noop.labels(*labels).inc()
                 return self.store.path(relative)
             await self._ensure_original(namespace, image_hash)
             path = await self._render(namespace, image_hash, variant, output_format, labels)
-            if not for_batch:
+            if upload_later:
                 self.uploads.store_later(relative, mime.for_name(variant.name))
             return path
 
@@ -265,7 +285,7 @@ class Images:
     async def _read_back(self, relative: str) -> bool:
         """Whether a variant could be read back; with the bucket out of reach, make it here."""
         try:
-            return await self.find(relative) is not None
+            return await self._from_bucket(relative) is not None
         except StorageUnavailable as error:
             log.warn(
                 "making {relative} without looking in the bucket: {error}",
@@ -279,7 +299,9 @@ class Images:
         relative = paths.relative_path(namespace, image_hash, ORIGINAL)
         if self.store.exists(relative):
             self.metrics.original_download_skipped.inc()
-        path = await self.find(relative)
+            path: str | None = self.store.path(relative)
+        else:
+            path = await self._from_bucket(relative)
         if path is None:
             self.metrics.original_unavailable.inc()
             raise NotFound(f"image {namespace}/{image_hash} does not exist")
@@ -296,7 +318,7 @@ class Images:
     ) -> str:
         relative = paths.relative_path(namespace, image_hash, variant.name)
         source = paths.relative_path(namespace, image_hash, ORIGINAL)
-        temporary = self.store.temporary_path(suffix="." + variant.extension)
+        temporary = self.store.temporary_name(suffix="." + variant.extension)
         started = time.perf_counter()
         try:
             made = await self.pool.render(
@@ -367,7 +389,10 @@ class Images:
         jobs: list[Deferred[Any]] = []
         for variant in missing:
             try:
-                jobs.append(self.variant(namespace, image_hash, variant, for_batch=True))
+                made = self.variant(
+                    namespace, image_hash, variant, looked=Looked.BUCKET, upload_later=False
+                )
+                jobs.append(made)
             except Exception:
                 jobs.append(fail(Failure()))
         results = await DeferredList(jobs, consumeErrors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 
@@ -52,6 +53,11 @@ class LocalStore:
         os.close(fd)
         return path
 
+    def temporary_name(self, suffix: str = "") -> str:
+        """A fresh name in ``tmp/`` for a worker to create (no file yet: one syscall less per
+        variant in the main process, and the worker creates its output anyway)."""
+        return os.path.join(self.tmp, f"part-{secrets.token_hex(12)}{suffix}")
+
     def commit(self, temporary: str, relative: str) -> str:
         """Rename a finished temporary file to its place; return the path.
 
@@ -81,16 +87,18 @@ class LocalStore:
 def move_into_place(temporary: str, destination: str) -> None:
     """Rename a finished file to its final path (same filesystem), creating its directories.
 
-    Tried twice: the garbage collector may remove an empty directory between the two steps.
+    The directory usually exists (an image's variants sit beside its original), so it is made
+    only when the rename says it is missing, and tried again if the garbage collector removes
+    it, empty, between the two steps.
     """
-    for attempt in (1, 2):
-        os.makedirs(os.path.dirname(destination), mode=DIRECTORY_MODE, exist_ok=True)
+    for attempt in (1, 2, 3):
         try:
             os.replace(temporary, destination)
             return
         except FileNotFoundError:
-            if attempt == 2 or not os.path.exists(temporary):
+            if attempt == 3 or not os.path.exists(temporary):
                 raise
+            os.makedirs(os.path.dirname(destination), mode=DIRECTORY_MODE, exist_ok=True)
 
 
 def remove_quietly(path: str) -> None:

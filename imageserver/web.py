@@ -110,10 +110,17 @@ class MainApp:
         """A file by a path with escapes (the others take `_Files`)."""
         return await self.file(namespace, _image_hash(namespace, parts), name)
 
-    async def file(self, namespace: str, image_hash: str, name: str) -> IResource:
-        """A stored file, read back from the bucket or made first when need be."""
+    async def file(
+        self, namespace: str, image_hash: str, name: str, missing_here: bool = False
+    ) -> IResource:
+        """A stored file, read back from the bucket or made first when need be.
+
+        ``missing_here``: the caller has just looked in the local store, so it is not asked again.
+        """
+        images = self.images
+        find = images.obtain if missing_here else images.resolve
         with self.timed("resize_image"):
-            path = await self.images.resolve(namespace, image_hash, name, self.allowed_extensions)
+            path = await find(namespace, image_hash, name, self.allowed_extensions)
         return _stored_file(path, namespace, image_hash, name)
 
     @app.route(IMAGE + "/<name>", methods=["POST"])
@@ -183,7 +190,7 @@ class _Files(Resource):
             with self.app.timed("resize_image"):
                 served: bytes | int = _stored_file(path, *route).render(request)
                 return served
-        answer = ensureDeferred(self.app.file(*route))
+        answer = ensureDeferred(self.app.file(*route, missing_here=True))
         gone = request.notifyFinish()
         gone.addErrback(lambda _: answer.cancel())  # the client left: stop waiting (not the job)
         answer.addCallback(request.render)  # its failures too go to the error answer

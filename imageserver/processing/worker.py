@@ -7,6 +7,7 @@ and is killed and replaced by the pool when a job runs past its timeout.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 from ampoule.child import AMPChild
@@ -36,8 +37,14 @@ def _release_memory() -> None:
 
 
 def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * _PAGE_BYTES
+    # One pread of a file kept open: opening /proc/self/statm as a Python file after every job
+    # cost 1 % of a 1080p thumbnail (py-spy).
+    return int(os.pread(_statm(), 128, 0).split()[1]) * _PAGE_BYTES
+
+
+@functools.cache
+def _statm() -> int:
+    return os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
 
 
 class Worker(AMPChild):
