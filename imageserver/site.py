@@ -17,9 +17,10 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
+from imageserver.logs import ACCESS_NAMESPACE
 from imageserver.spool import Spool
 
-access_log = Logger(namespace="imageserver.access")
+access_log = Logger(namespace=ACCESS_NAMESPACE)
 
 
 class TimedRequest(server.Request):
