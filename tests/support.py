@@ -7,6 +7,7 @@ import dataclasses
 import io
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import treq
@@ -80,6 +81,14 @@ class ServerTestCase(unittest.TestCase):
 
     # One worker keeps start-up fast; tests of parallel work raise it.
     config_overrides: dict[str, Any] = {}
+
+    async def wait_for(self, condition: Callable[[], object], what: str, tries: int = 100) -> None:
+        """Poll ``condition`` every 50 ms, ``tries`` times at most: bounded, then a failure."""
+        for _ in range(tries):
+            if condition():
+                return
+            await sleep(0.05)
+        self.fail(f"timed out waiting for {what}")
 
     async def start_server(self, gc_interval: float = 3600.0, **overrides: Any) -> ImageServer:
         base = self.mktemp()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 
 from tests.support import (
     WINE_HASH,
@@ -50,13 +49,6 @@ def dechunk(body: bytes) -> bytes:
 class BodyTests(ServerTestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         await self.start_server(max_upload_bytes=LIMIT, read_timeout=1)
-
-    async def wait_for(self, condition: Callable[[], bool], what: str) -> None:
-        for _ in range(100):
-            if condition():
-                return
-            await sleep(0.05)
-        self.fail(f"never happened: {what}")
 
     def spooled(self) -> list[str]:
         return os.listdir(self.local("tmp"))

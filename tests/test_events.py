@@ -89,13 +89,6 @@ class WebhookTests(ServerTestCase):
         self.server.engine.webhooks.retry_delays = (0.05, 0.05)
         return receiver
 
-    async def wait_for(self, condition, what: str, tries: int = 100) -> None:  # type: ignore[no-untyped-def]
-        for _ in range(tries):
-            if condition():
-                return
-            await sleep(0.05)
-        self.fail(f"timed out waiting for {what}")
-
     async def test_upload_with_outputs(self) -> None:
         receiver = await self.start_with_webhooks(remote_base_url="https://cdn.example.com/")
         await self.upload(fixture("wine.jpg"), query="?outputs=w200.jpg")

@@ -25,12 +25,11 @@ class PoolTests(ServerTestCase):
         return ensureDeferred(request("GET", f"{self.url}/p/{WINE_DIR}/{name}"))
 
     async def wait_for_workers(self, count: int, not_pid: int) -> None:
-        for _ in range(100):
+        def replaced() -> bool:
             pids = self.server.pool.worker_pids()
-            if len(pids) == count and not_pid not in pids:
-                return
-            await sleep(0.05)
-        self.fail(f"the pool has {self.server.pool.worker_pids()}")
+            return len(pids) == count and not_pid not in pids
+
+        await self.wait_for(replaced, f"{count} workers without {not_pid}")
 
     async def test_crash_fails_only_its_own_job(self) -> None:
         await self.start_server(max_queue=5)

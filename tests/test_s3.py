@@ -48,13 +48,6 @@ class S3TestCase(ServerTestCase):
     def objects(self) -> dict[str, dict[str, Any]]:
         return self.moto.objects(self.bucket)
 
-    async def wait_for(self, condition, what: str) -> None:  # type: ignore[no-untyped-def]
-        for _ in range(100):
-            if condition():
-                return
-            await sleep(0.05)
-        self.fail(f"timed out waiting for {what}")
-
 
 class UploadTests(S3TestCase):
     async def test_upload_stores_everything_before_answering(self) -> None:
