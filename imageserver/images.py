@@ -389,20 +389,26 @@ class Images:
         jobs: list[Deferred[Any]] = []
         for variant in missing:
             try:
-                made = self.variant(
+                job = self.variant(
                     namespace, image_hash, variant, looked=Looked.BUCKET, upload_later=False
                 )
-                jobs.append(made)
+                jobs.append(job)
             except Exception:
                 jobs.append(fail(Failure()))
         results = await DeferredList(jobs, consumeErrors=True)
-        for succeeded, result in results:
-            if not succeeded:
-                result.raiseException()
-        relative = paths.image_directory(namespace, image_hash)
-        await self.uploads.store_now(
-            [(f"{relative}/{variant.name}", mime.for_name(variant.name)) for variant in missing]
-        )
+        directory = paths.image_directory(namespace, image_hash)
+        made = [
+            (f"{directory}/{variant.name}", mime.for_name(variant.name))
+            for variant, (succeeded, _) in zip(missing, results, strict=True)
+            if succeeded
+        ]
+        failures = [result for succeeded, result in results if not succeeded]
+        if failures:
+            # The client hears of the failure now; what was made still reaches the bucket.
+            for relative, content_type in made:
+                self.uploads.store_later(relative, content_type)
+            failures[0].raiseException()
+        await self.uploads.store_now(made)
 
     async def _present(self, namespace: str, image_hash: str) -> set[str]:
         """The names of an image's files in the bucket, or locally when there is no bucket."""

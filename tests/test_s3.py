@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import shutil
 import time
@@ -11,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 
 from imageserver.collector import GarbageCollector
+from imageserver.paths import partition
 from imageserver.s3 import Bucket, ChainCredentials, S3Client, S3Error
 from tests.processes import IMAGE_SERVER, free_port, start_process
 from tests.s3support import FaultyProxy, moto
@@ -73,6 +76,25 @@ class UploadTests(S3TestCase):
         for item in stored.values():
             self.assertEqual(item["cache_control"], "public, max-age=31536000, immutable")
         self.assertEqual(self.server.uploads.pending, 0)
+
+    async def test_a_failing_batch_still_stores_the_outputs_it_made(self) -> None:
+        """Of a 4x4000 source, w1000.png would be 1000x1000000 and fails in the worker (its name
+        parses); w1.png is made, and reaches the bucket though the answer is the 400."""
+        from PIL import Image
+
+        await self.start_s3_server()
+        tall = io.BytesIO()
+        Image.new("RGB", (4, 4000), "blue").save(tall, "PNG")
+        response = await self.upload(tall.getvalue(), query="?outputs=w1.png,w1000.png")
+        self.assert_error(response, 400, "the variant would be 1000x1000000, over the maximum")
+        digest = hashlib.md5(tall.getvalue()).hexdigest()
+        directory = partition(digest)
+        made = f"p/{directory}/w1.png"
+        await self.wait_for(lambda: made in self.objects(), "w1.png in the bucket")
+        with open(self.local(made), "rb") as local:
+            self.assertEqual(self.objects()[made]["body"], local.read())
+        self.assertNotIn(f"p/{directory}/w1000.png", self.objects())
+        await self.wait_for(lambda: self.server.uploads.pending == 0, "no pending upload")
 
     async def test_odd_keys(self) -> None:
         """A base path and an attachment name with spaces, '+' and unicode round-trip exactly."""
