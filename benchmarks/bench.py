@@ -274,22 +274,11 @@ def phase_misses(
                     line += f", thumbor {measured['thumbor']['rps']}/s"
                 print(line + ";", end="", flush=True)
                 row["rounds"].append(measured)
-            row.update(_median_round(row["rounds"]))
+            report.pick_rounds(row)
             row["seconds"] = seconds
             print(flush=True)
             rows.append(row)
     return rows
-
-
-def _median_round(rounds: list[Result]) -> Result:
-    """The round whose ours/limit ratio is the median (the lower one of an even count).
-
-    This machine's speed drifts by 20 % from one minute to the next (the limit alone measured
-    16-21 ms per 1080p thumbnail within five minutes), so each round's sides, run back to back,
-    are compared with each other, and a round neither lucky nor unlucky is kept.
-    """
-    ranked = sorted(rounds, key=lambda m: m["ours"]["rps"] / max(m["limit"]["images_per_s"], 1e-9))
-    return ranked[(len(ranked) - 1) // 2]
 
 
 def phase_hits(

@@ -7,7 +7,9 @@ target whose measurement was not taken in this run is reported as not measured, 
 from __future__ import annotations
 
 import io
+import json
 import pstats
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,23 @@ SOAK_GROWTH_LIMIT = 0.10
 # The issue's "1920x1080 and 12 MP sources" for the misses target: its two photo JPEGs.
 MISS_TARGET_SOURCES = ("jpeg-1080", "jpeg-12mp")
 TWELVE_MP_SOURCES = ("jpeg-12mp", "heic-12mp")
+
+
+def pick_rounds(row: Result) -> None:
+    """Choose, from a misses row's rounds, the figures its table line and ratios show.
+
+    The limit and ours: the round whose ours/limit ratio is the median (the lower middle one of
+    an even count).  This machine's speed drifts by up to 25 % within minutes, so each side is
+    compared with the other side of its own round, measured seconds apart, and neither a lucky
+    nor an unlucky round is kept.  thumbor: its best round, generous to the peer (its two
+    processes share the connections unevenly, and it often uses one core of two).
+    """
+    rounds = row["rounds"]
+    ranked = sorted(rounds, key=lambda m: m["ours"]["rps"] / max(m["limit"]["images_per_s"], 1e-9))
+    median = ranked[(len(ranked) - 1) // 2]
+    row["limit"], row["ours"] = median["limit"], median["ours"]
+    if "thumbor" in rounds[0]:
+        row["thumbor"] = max((m["thumbor"] for m in rounds), key=lambda m: m["rps"])
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -347,3 +366,19 @@ def profile_summary(profile: Path, destination: Path, lines: int = 40) -> str:
     stats.sort_stats("cumulative").print_stats(lines)
     destination.write_text(text.getvalue())
     return f"cProfile of the main process: {destination}"
+
+
+def main(argv: list[str]) -> int:
+    """Print the report of a run's JSON again (``python -m benchmarks.report [JSON]``), with
+    today's choice of rounds and targets."""
+    source = Path(argv[1]) if len(argv) > 1 else Path(__file__).parent / "results" / "latest.json"
+    results = json.loads(source.read_text())
+    for row in results.get("misses", []):
+        pick_rounds(row)
+    results["targets"] = targets(results)
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
