@@ -240,25 +240,21 @@ def phase_misses(
             offset = 0  # names already asked of our server are hits now: never ask them again
             for round_ in range(arguments.rounds):
                 measured: Result = {}
-                if round_ % 2:  # every other round ours goes first: no side always runs later
+                # Every other round ours goes first, so neither side always runs later.
+                for side in ("ours", "limit") if round_ % 2 else ("limit", "ours"):
                     settle()
-                    measured["ours"] = measure_load(
-                        server.pid, server.url, paths[offset:], seconds, connections, len(paths)
-                    )
-                    offset += measured["ours"]["requests"] + connections
-                settle()
-                measured["limit"] = run_limit(jobs, arguments.workers, seconds)
-                if round_ == 0:
-                    longer = adapted_duration(seconds, measured["limit"]["images_per_s"])
-                    if longer > seconds:
-                        seconds = longer
-                        measured["limit"] = run_limit(jobs, arguments.workers, seconds)
-                if "ours" not in measured:
-                    settle()
-                    measured["ours"] = measure_load(
-                        server.pid, server.url, paths[offset:], seconds, connections, len(paths)
-                    )
-                    offset += measured["ours"]["requests"] + connections
+                    if side == "ours":
+                        measured["ours"] = measure_load(
+                            server.pid, server.url, paths[offset:], seconds, connections, len(paths)
+                        )
+                        offset += measured["ours"]["requests"] + connections
+                        continue
+                    measured["limit"] = run_limit(jobs, arguments.workers, seconds)
+                    if round_ == 0:
+                        longer = adapted_duration(seconds, measured["limit"]["images_per_s"])
+                        if longer > seconds:
+                            seconds = longer
+                            measured["limit"] = run_limit(jobs, arguments.workers, seconds)
                 line = f" limit {measured['limit']['images_per_s']}/s"
                 line += f", ours {measured['ours']['rps']}/s"
                 if thumbor is not None:
