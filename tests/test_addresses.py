@@ -7,7 +7,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IHostnameResolver, IHostResolution
+from twisted.internet.interfaces import (
+    IAddress,
+    IHostnameResolver,
+    IHostResolution,
+    IResolutionReceiver,
+)
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import resource, server, util
 from zope.interface import implementer
@@ -127,3 +132,37 @@ class MemoryTests(SynchronousTestCase):
             guard.refuse(f"name{index}.test", "10.0.0.1")
         self.assertEqual(len(guard.refused), addresses.GuardedResolver.REMEMBERED)
         self.assertNotIn("name0.test", guard.refused)
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """What a resolution delivered."""
+
+    def __init__(self) -> None:
+        self.hosts: list[str] = []
+        self.complete = False
+
+    def resolutionBegan(self, resolution: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        assert isinstance(address, IPv4Address)
+        self.hosts.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        self.complete = True
+
+
+class RebindingTests(SynchronousTestCase):
+    def test_every_resolution_is_checked_again(self) -> None:
+        """A name that answers public, then inside (DNS rebinding): the guard keeps no verdict,
+        so the second answer -- the one a second connection would use -- is dropped."""
+        names = MapResolver({"rebind.test": "93.184.216.34"})
+        guard = addresses.GuardedResolver(names)
+        first, second = _Addresses(), _Addresses()
+        guard.resolveHostName(first, "rebind.test", 80)
+        names.table["rebind.test"] = "127.0.0.1"
+        guard.resolveHostName(second, "rebind.test", 80)
+        self.assertEqual((first.hosts, first.complete), (["93.184.216.34"], True))
+        self.assertEqual((second.hosts, second.complete), ([], True))
+        self.assertEqual(guard.refused, {"rebind.test": "127.0.0.1"})
