@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pi_heif
 import pyvips
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -439,6 +440,26 @@ class HeifTests(OperationsTestCase):
             info={"icc_profile": icc} if icc else {},
         )
         self.patch(operations.pi_heif, "open_heif", lambda *args, **kwargs: heif)
+        self.patch_module("pillow_heif", None)  # pi-heif decodes, even with the heic extra here
+
+    def test_hevc_is_decoded_by_pillow_heif_when_the_extra_is_installed(self) -> None:
+        opened: list[str] = []
+
+        def open_heif(path: str, **options: Any) -> Any:
+            opened.append(path)
+            return pi_heif.open_heif(path, **options)  # the same libheif API, decoding for real
+
+        fake = types.ModuleType("pillow_heif")
+        fake.open_heif = open_heif  # type: ignore[attr-defined]
+        self.patch_module("pillow_heif", fake)
+        source = fixture("wine.heic")
+        destination, size = self.render(source, 40, 0, 75)
+        self.assertEqual(opened, [source])
+        self.assertEqual(size, (40, 30))
+        self.assertEqual((decode(destination).width, decode(destination).height), (40, 30))
+        self.patch_module("pillow_heif", None)  # without the extra: pi-heif
+        self.render(source, 40, 0, 75)
+        self.assertEqual(opened, [source])
 
     def test_heif_rows_padding_and_premultiplied_alpha(self) -> None:
         """Rows of 8 bytes padded to 12; premultiplied half-transparent red (128, 0, 0, 128)."""
