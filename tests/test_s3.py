@@ -335,6 +335,9 @@ class CollectorTests(S3TestCase):
         self.assertEqual(sorted(os.listdir(self.local(directory))), ["notes.txt", "x100.jpg"])
         # The file the bucket lacked was queued for upload, not deleted.
         await self.wait_for(lambda: f"{local_only}" in self.objects(), "notes.txt to be uploaded")
+        # In the bucket is not yet crossed off the journal: the collector rightly waits for that.
+        uploads = self.server.uploads
+        await self.wait_for(lambda: not uploads.is_pending(local_only), "the upload's marker")
         self.age(local_only, f"{directory}/x100.jpg")
         self.assertEqual(await self.collector().collect(), 2)
         self.assertFalse(os.path.exists(self.local("p")), "empty directories are removed")
