@@ -393,17 +393,22 @@ def _heif_decoder() -> ModuleType:
     Both wrap libheif with the same API; pillow-heif's newer build decoded the benchmark's 12 MP
     HEIC in 1.19-1.24 s of CPU against pi-heif 1.4.0's 1.35-1.47 s (benchmarks/README.md).
     """
-    try:
-        return importlib.import_module("pillow_heif")
-    except ImportError:
-        return pi_heif
+    return _installed_pillow_heif() or pi_heif
 
 
 def _pillow_heif() -> ModuleType:
+    """pillow-heif, which writes HEIC; `UnsupportedFormat` without the ``heic`` extra."""
+    module = _installed_pillow_heif()
+    if module is None:
+        raise errors.UnsupportedFormat(f"this server cannot write HEIC: {_HEIC_EXTRA}")
+    return module
+
+
+def _installed_pillow_heif() -> ModuleType | None:
     try:
         return importlib.import_module("pillow_heif")
-    except ImportError as error:
-        raise errors.UnsupportedFormat(f"this server cannot write HEIC: {_HEIC_EXTRA}") from error
+    except ImportError:
+        return None
 
 
 @contextlib.contextmanager
