@@ -190,21 +190,23 @@ class SourceUploadTests(ServerTestCase):
             url, 404, f"Unable to download image: {url}, status code: 404"
         )
 
+    def redirect_chain(self, redirects: int) -> SourceServer:
+        """A source where /hop0 redirects ``redirects`` times, to wine.jpg at the end."""
+        source = SourceServer(self)
+        source.serve(f"/hop{redirects}", fixture("wine.jpg"))
+        for hop in range(redirects):
+            source.redirect(f"/hop{hop}", f"{source.base}/hop{hop + 1}")
+        return source
+
     async def test_redirects_are_followed_five_times(self) -> None:
         await self.start_server()
-        source = SourceServer(self)
-        source.serve("/hop5", fixture("wine.jpg"))
-        for hop in range(5):
-            source.redirect(f"/hop{hop}", f"{source.base}/hop{hop + 1}")
+        source = self.redirect_chain(5)
         response = await self.upload(b"{}", query=f"?source={source.base}/hop0")
         self.assertEqual(response.json()["hash"], WINE_HASH)
 
     async def test_a_sixth_redirect_is_refused(self) -> None:
         await self.start_server()
-        source = SourceServer(self)
-        source.serve("/hop6", fixture("wine.jpg"))
-        for hop in range(6):
-            source.redirect(f"/hop{hop}", f"{source.base}/hop{hop + 1}")
+        source = self.redirect_chain(6)
         url = f"{source.base}/hop0"
         await self.assert_source_refused(url, 404, f'Get "{url}": ')
         self.assertNotIn(b"/hop6", [request.path for request in source.requests])
