@@ -9,7 +9,7 @@ from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.trial import unittest
 from twisted.web.client import ResponseNeverReceived
 
-from imageserver.processing.pool import WorkerPool
+from imageserver.processing.pool import FIXED_MMAP_THRESHOLD, WorkerPool
 from imageserver.processing.worker import NICENESS
 from tests.support import WINE_DIR, ServerTestCase, request, sleep
 
@@ -95,11 +95,7 @@ class PoolTests(ServerTestCase):
         refused = await self.variant("w70.jpg")
         self.assertEqual(refused.code, 503)
         os.kill(pid, signal.SIGCONT)
-        for _ in range(100):
-            if self.server.pool.in_flight == 0:
-                break
-            await sleep(0.05)
-        self.assertEqual(self.server.pool.in_flight, 0)
+        await self.wait_for(lambda: self.server.pool.in_flight == 0, "the job to end")
         self.assertTrue(os.path.isfile(self.local("p", WINE_DIR, "w60.jpg")))
 
 
@@ -111,6 +107,31 @@ class WarmUpTests(unittest.TestCase):
         self.addCleanup(pool.stopService)
         self.assertTrue(pool.ready)
         self.assertEqual(len(pool.worker_pids()), 1)
+
+
+class EnvironmentTests(unittest.TestCase):
+    async def worker_environment(self, **server_environment: str) -> dict[str, str]:
+        """The environment a worker of a pool started under `server_environment` runs with."""
+        self.patch(os, "environ", {**os.environ, **server_environment})
+        pool = WorkerPool(size=1, max_queue=0, timeout=5, max_jobs=0)
+        await pool.startService()
+        self.addCleanup(pool.stopService)
+        [pid] = pool.worker_pids()
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            pairs = environ.read().decode().split("\0")
+        return dict(pair.split("=", 1) for pair in pairs if pair)
+
+    async def test_workers_get_libvips_and_malloc_settings_but_no_secrets(self) -> None:
+        seen = await self.worker_environment(IMAGE_SERVER_SECRET="hush", VIPS_DISC_THRESHOLD="9m")
+        self.assertEqual(seen["VIPS_CONCURRENCY"], "1")
+        self.assertEqual(seen["VIPS_BLOCK_UNTRUSTED"], "1")
+        self.assertEqual(seen["VIPS_DISC_THRESHOLD"], "9m")
+        self.assertEqual(seen["GLIBC_TUNABLES"], FIXED_MMAP_THRESHOLD)
+        self.assertNotIn("IMAGE_SERVER_SECRET", seen)
+
+    async def test_an_operators_glibc_tunables_win(self) -> None:
+        seen = await self.worker_environment(GLIBC_TUNABLES="glibc.malloc.arena_max=1")
+        self.assertEqual(seen["GLIBC_TUNABLES"], "glibc.malloc.arena_max=1")
 
 
 class PriorityTests(ServerTestCase):

@@ -21,7 +21,7 @@ NICENESS = 5
 
 
 # A worker holding more than this after a job gives the excess back: a thumbnail of a photo
-# stays under it, a 12 MP AVIF (600 MB at its peak) does not.  Trimming after every job would
+# stays under it, a 12 MP AVIF (over 400 MB at its peak) does not.  Trimming after every job would
 # cost its successor the page faults of growing the heap again: 10 % of a 1080p thumbnail.
 TRIM_ABOVE_BYTES = 128 * 1024 * 1024
 _LIBC = ctypes.CDLL(None)  # the C library the process already has
