@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 
+from ampoule.main import TO_CHILD
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.trial import unittest
 from twisted.web.client import ResponseNeverReceived
 
 from imageserver.processing.pool import FIXED_MMAP_THRESHOLD, WorkerPool
 from imageserver.processing.worker import NICENESS
-from tests.support import WINE_DIR, ServerTestCase, request, sleep
+from tests.support import FIXTURES, WINE_DIR, ServerTestCase, request, sleep
 
 
 class PoolTests(ServerTestCase):
@@ -107,6 +108,28 @@ class WarmUpTests(unittest.TestCase):
         self.addCleanup(pool.stopService)
         self.assertTrue(pool.ready)
         self.assertEqual(len(pool.worker_pids()), 1)
+
+
+class PromptDispatchTests(unittest.TestCase):
+    async def test_a_queued_job_is_written_before_the_finished_jobs_callbacks_run(self) -> None:
+        """The worker gets its next job without waiting for the last one's HTTP answer.
+
+        Read from the pipe's write buffer (Twisted's `FileDescriptor` internals): without the
+        prompt write, the second job's box would still sit there when the first job's callbacks
+        (which answer its request) run.
+        """
+        pool = WorkerPool(size=1, max_queue=1, timeout=30, max_jobs=0)
+        await pool.startService()
+        self.addCleanup(pool.stopService)
+        [child] = pool._pool.processes
+        pipe = child.transport.transport.pipes[TO_CHILD]
+        unwritten: list[int] = []
+        first = pool.identify(os.path.join(FIXTURES, "a.png"), max_pixels=0)
+        second = pool.identify(os.path.join(FIXTURES, "a.png"), max_pixels=0)
+        first.addCallback(lambda _: unwritten.append(len(pipe.dataBuffer) + pipe._tempDataLen))
+        await first
+        self.assertEqual(unwritten, [0])
+        self.assertEqual((await second)["content_type"], "image/png")
 
 
 class EnvironmentTests(unittest.TestCase):

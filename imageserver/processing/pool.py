@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ampoule import main as ampoule_main
 from ampoule import pool as ampoule_pool
 from ampoule.main import ProcessStarter
 from twisted.application.service import Service
@@ -57,6 +58,26 @@ def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
 WARM_UP_SECONDS = 60
 
 
+class _PromptPool(ampoule_pool.ProcessPool):
+    """ampoule's pool, writing a job to its worker's pipe as soon as it is handed out.
+
+    A Twisted transport writes on the reactor's next turn.  When a worker finishes, ampoule hands
+    it the next queued job and then runs the finished job's callbacks, which answer the HTTP
+    request, and the reactor serves whatever else is ready: the worker would wait all that out
+    before its job reaches it.  Measured on 1080p misses (benchmarks/README.md): 0.22 of 2 cores
+    idle without this, 0.18 with it, and 6 % more requests per second.
+    """
+
+    def _cb_doWork(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
+        idle = set(self.ready)
+        job: Deferred[Any] = super()._cb_doWork(command, **arguments)
+        for child in idle - self.ready:
+            pipe = child.transport.transport.pipes.get(ampoule_main.TO_CHILD)
+            if pipe is not None:
+                pipe.doWrite()  # a failure is left for the reactor to see on its next turn
+        return job
+
+
 class WorkerPool(Service):
     """``size`` pyvips workers and a queue of at most ``max_queue`` waiting jobs."""
 
@@ -85,7 +106,7 @@ class WorkerPool(Service):
     def startService(self) -> Deferred[None]:
         super().startService()
         starter = ProcessStarter(env=self.environment, packages=("twisted", "imageserver"))
-        self._pool = ampoule_pool.ProcessPool(
+        self._pool = _PromptPool(
             ampChild=Worker,
             min=self.size,
             max=self.size,
