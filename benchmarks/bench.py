@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -418,9 +419,18 @@ def machine() -> Result:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "load_average_at_start": [round(value, 2) for value in load_average],
+        "hevc_decoder": _hevc_decoder(),
         "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
+
+
+def _hevc_decoder() -> str:
+    """What the server decodes HEIC with: pillow-heif when the ``heic`` extra is installed."""
+    for distribution in ("pillow-heif", "pi-heif"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return f"{distribution} {importlib.metadata.version(distribution)}"
+    return "none"
 
 
 @contextlib.contextmanager

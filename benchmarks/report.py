@@ -193,7 +193,8 @@ def render(results: Result) -> str:
     settings = results["settings"]
     out.write(
         f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), load average at start "
-        f"{machine['load_average_at_start']}, commit {machine['commit']}, {machine['date']}.\n"
+        f"{machine['load_average_at_start']}, commit {machine['commit']}, {machine['date']}; "
+        f"HEIC decoded by {machine.get('hevc_decoder', 'pi-heif')}.\n"
         f"{settings['workers']} workers / thumbor processes; {settings['seconds_per_measurement']}"
         f" s per measurement; misses with {settings['miss_connections']} connections.\n\n"
     )
