@@ -32,10 +32,12 @@ log = Logger()
 
 
 # glibc serves a large allocation from its heap once a freed one of that size has raised its
-# threshold, and the heap then stays fragmented: a worker that made four 12 MP AVIFs peaked at
-# 530 MB, against 430 MB for the largest of them alone.  A fixed threshold maps every buffer over
-# 128 KB afresh and unmaps it when freed: 435 MB for the four, and no measurable cost on 1080p
-# thumbnails (benchmarks/README.md).  An operator's own GLIBC_TUNABLES replaces it.
+# threshold, and the heap then stays fragmented: one process making four 12 MP AVIFs in a row
+# peaked at 530 MB, against 430 MB for the largest of them alone.  A fixed threshold maps every
+# buffer over 128 KB afresh and unmaps it when freed: 435 MB for the four, and no measurable cost
+# on 1080p thumbnails.  In the benchmark, workers (which also trim after a big job) peaked at
+# 500 MB instead of 538 on 12 MP HEIC -> AVIF (benchmarks/README.md).  An operator's own
+# GLIBC_TUNABLES replaces it.
 FIXED_MMAP_THRESHOLD = "glibc.malloc.mmap_threshold=131072"
 
 
@@ -65,7 +67,7 @@ class _PromptPool(ampoule_pool.ProcessPool):
     it the next queued job and then runs the finished job's callbacks, which answer the HTTP
     request, and the reactor serves whatever else is ready: the worker would wait all that out
     before its job reaches it.  Measured on 1080p misses (benchmarks/README.md): 0.22 of 2 cores
-    idle without this, 0.18 with it, and 6 % more requests per second.
+    idle without this, 0.18 with it, and 7 % more requests per second.
     """
 
     def _cb_doWork(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
