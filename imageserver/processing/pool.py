@@ -42,7 +42,8 @@ FIXED_MMAP_THRESHOLD = "glibc.malloc.mmap_threshold=131072"
 
 
 def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """What a worker may see: libvips settings and the import path, never the server's secrets."""
+    """What a worker may see: libvips and malloc settings and the import path, never the
+    server's secrets."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(imageserver.__file__)))
     environment = {
         "VIPS_CONCURRENCY": "1",
