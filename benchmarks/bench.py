@@ -50,7 +50,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds per measurement (default 10)")
     parser.add_argument("--thumbor", action="store_true", help="also measure thumbor")
     parser.add_argument("--soak", type=float, default=0, metavar="MINUTES", help="a soak run")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pool size")
+    parser.add_argument(
+        "--workers", type=int, default=len(os.sched_getaffinity(0)), help="pool size"
+    )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="leave workers and the limit's processes unpinned (--pin-workers=false)",
+    )
     parser.add_argument("--sources", help="comma-separated source keys (default: all)")
     parser.add_argument("--operations", help="comma-separated operation keys (default: all)")
     parser.add_argument(
@@ -152,12 +160,14 @@ def measure_load(
     return measured
 
 
-def run_limit(jobs: list[list[str]], processes: int, seconds: float) -> Result:
-    """The pyvips limit for one list of jobs, in a subprocess with the workers' environment."""
+def run_limit(jobs: list[list[str]], processes: int, seconds: float, pin: bool) -> Result:
+    """The pyvips limit for one list of jobs, in a subprocess with the workers' environment
+    and their placement on the CPUs."""
     from imageserver.processing.pool import worker_environment
 
     spec = {
         "processes": processes,
+        "pin": pin,
         "seconds": seconds,
         "jobs": jobs,
         "default_quality": 75,
@@ -250,12 +260,14 @@ def phase_misses(
                         )
                         offset += measured["ours"]["requests"] + connections
                         continue
-                    measured["limit"] = run_limit(jobs, arguments.workers, seconds)
+                    measured["limit"] = run_limit(jobs, arguments.workers, seconds, arguments.pin)
                     if round_ == 0:
                         longer = adapted_duration(seconds, measured["limit"]["images_per_s"])
                         if longer > seconds:
                             seconds = longer
-                            measured["limit"] = run_limit(jobs, arguments.workers, seconds)
+                            measured["limit"] = run_limit(
+                                jobs, arguments.workers, seconds, arguments.pin
+                            )
                 line = f" limit {measured['limit']['images_per_s']}/s"
                 line += f", ours {measured['ours']['rps']}/s"
                 if thumbor is not None:
@@ -464,6 +476,7 @@ def run(arguments: argparse.Namespace) -> Result:
         "settings": {
             "seconds_per_measurement": arguments.duration,
             "workers": arguments.workers,
+            "pinned": arguments.pin,
             "miss_connections": 2 * arguments.workers,
             "hit_connections": 8,
             "upload_connections": arguments.workers,
@@ -478,7 +491,9 @@ def run(arguments: argparse.Namespace) -> Result:
     profile = RESULTS / "server.prof" if arguments.profile else None
     with _terminate_cleanly(), contextlib.ExitStack() as stack:
         print(f"Starting image-server with {arguments.workers} workers", flush=True)
-        ours = servers.OurServer(store, arguments.workers, logs / "image-server.log", profile)
+        ours = servers.OurServer(
+            store, arguments.workers, logs / "image-server.log", profile, pin=arguments.pin
+        )
         stack.callback(ours.stop)
         thumbor: servers.Thumbor | None = None
         if arguments.thumbor:

@@ -24,9 +24,24 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+from imageserver.processing.placement import Placement, usable_cpus
 
-def _work(index: int, spec: dict[str, Any], barrier: Barrier, results: Any, scratch: str) -> None:
-    """One process: warm up on its first job, wait for the others, render until time is up."""
+
+def _work(
+    index: int,
+    cpu: int | None,
+    spec: dict[str, Any],
+    barrier: Barrier,
+    results: Any,
+    scratch: str,
+) -> None:
+    """One process: warm up on its first job, wait for the others, render until time is up.
+
+    It runs on `cpu` when the workers would be pinned (`Placement`), before libvips starts a
+    thread, so the limit runs its processes the way the pool runs its workers.
+    """
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     from imageserver.names import parse_name
     from imageserver.processing import operations
 
@@ -71,13 +86,17 @@ def _work(index: int, spec: dict[str, Any], barrier: Barrier, results: Any, scra
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run `spec` (processes, seconds, jobs [[source, name]...]) and sum the processes' work."""
+    """Run `spec` (processes, pin, seconds, jobs [[source, name]...]); sum the processes' work."""
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(spec["processes"])
     results = context.Queue()
+    placement = Placement(usable_cpus() if spec["pin"] else (), spec["processes"])
     with tempfile.TemporaryDirectory(prefix="limit-", dir=spec.get("scratch")) as scratch:
         processes = [
-            context.Process(target=_work, args=(index, spec, barrier, results, scratch))
+            context.Process(
+                target=_work,
+                args=(index, placement.choose(index), spec, barrier, results, scratch),
+            )
             for index in range(spec["processes"])
         ]
         for process in processes:

@@ -195,7 +195,9 @@ def render(results: Result) -> str:
         f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), load average at start "
         f"{machine['load_average_at_start']}, commit {machine['commit']}, {machine['date']}; "
         f"HEIC decoded by {machine.get('hevc_decoder', 'pi-heif')}.\n"
-        f"{settings['workers']} workers / thumbor processes; {settings['seconds_per_measurement']}"
+        f"{settings['workers']} workers / thumbor processes"
+        f"{' (workers and the limit pinned, one per CPU)' if settings.get('pinned') else ''}; "
+        f"{settings['seconds_per_measurement']}"
         f" s per measurement; misses with {settings['miss_connections']} connections.\n\n"
     )
     misses = results.get("misses", [])

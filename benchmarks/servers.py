@@ -139,6 +139,7 @@ class OurServer(Managed):
         log: Path,
         profile: Path | None = None,
         maximum_width: int = 5000,
+        pin: bool = True,
     ) -> None:
         self.port, self.admin_port = free_port(), free_port()
         self.store = store
@@ -157,6 +158,7 @@ class OurServer(Managed):
             str(workers),
             "--maximum_width",
             str(maximum_width),
+            f"--pin-workers={str(pin).lower()}",
         ]
         script = str(VENV / "bin" / "image-server")
         python = str(VENV / "bin" / "python")

@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from imageserver.errors import ImageServerError
 from imageserver.names import DEFAULT_EXTENSIONS, parse_name, split_outputs
+from imageserver.processing.placement import usable_cpus
 from imageserver.signature import read_secrets
 
 ENV_PREFIX = "IMAGE_SERVER_"
@@ -92,7 +93,12 @@ class Config:
     outputs: tuple[str, ...] = _flag((), "Variants made on upload when the request names none.")
     namespace: str = _flag("", "Namespace (for the cli command).")
     processor_concurrency: int = _flag(
-        os.cpu_count() or 1, "Worker processes (default: the number of CPUs).", check=_at_least(1)
+        len(usable_cpus()),
+        "Worker processes (default: the number of CPUs the server may use).",
+        check=_at_least(1),
+    )
+    pin_workers: bool = _flag(
+        True, "Give each worker a CPU of its own when there are as many workers as CPUs, or more."
     )
     max_queue: int = _flag(
         100, "Jobs that may wait for a worker before new ones get 503.", check=_at_least(0)
@@ -142,7 +148,7 @@ class Config:
     DASHED: ClassVar[frozenset[str]] = frozenset(
         {
             "admin_port", "allow_private_sources", "log_format", "s3_endpoint", "s3_acl",
-            "max_queue", "processing_timeout", "worker_max_jobs",
+            "max_queue", "processing_timeout", "worker_max_jobs", "pin_workers",
             "max_upload_bytes", "max_source_pixels", "require_signature",
             "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
             "webhook_url", "webhook_secret", "webhook_timeout", "webhook_events",

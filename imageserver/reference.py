@@ -40,7 +40,7 @@ def render() -> str:
         variables = [Config.env_name(name), *config_field.metadata["env"]]
         default = _default(config_field.default)
         if name == "processor_concurrency":
-            default = "the number of CPUs"
+            default = "the number of CPUs the server may use"
         rows.append(
             f"| `--{Config.flag_name(name)}` | {', '.join(f'`{v}`' for v in variables)} "
             f"| {default} | {config_field.metadata['help']} |"

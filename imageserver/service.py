@@ -54,6 +54,7 @@ class Engine(service.MultiService):
             max_queue=config.max_queue,
             timeout=config.processing_timeout,
             max_jobs=config.worker_max_jobs,
+            pin=config.pin_workers,
         )
         self.pool.setServiceParent(self)
         self.metrics.watch_pool(self.pool)

@@ -26,6 +26,7 @@ import imageserver
 from imageserver.coalesce import shielded
 from imageserver.errors import ImageServerError, Overloaded, ProcessingFailed
 from imageserver.processing import commands
+from imageserver.processing.placement import Placement, usable_cpus
 from imageserver.processing.worker import Worker
 
 log = Logger()
@@ -61,15 +62,36 @@ def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
 WARM_UP_SECONDS = 60
 
 
-class _PromptPool(ampoule_pool.ProcessPool):
-    """ampoule's pool, writing a job to its worker's pipe as soon as it is handed out.
+class _Pool(ampoule_pool.ProcessPool):
+    """ampoule's pool, with each worker on a CPU of its own and jobs written out at once.
 
-    A Twisted transport writes on the reactor's next turn.  When a worker finishes, ampoule hands
-    it the next queued job and then runs the finished job's callbacks, which answer the HTTP
-    request, and the reactor serves whatever else is ready: the worker would wait all that out
-    before its job reaches it.  Measured on 1080p misses (benchmarks/README.md): 0.22 of 2 cores
-    idle without this, 0.18 with it, and 7 % more requests per second.
+    Placement: see `imageserver.processing.placement`.  A new worker is pinned as soon as it is
+    spawned, before its interpreter has started a thread, so every thread it makes inherits it.
+
+    Prompt writes: a Twisted transport writes on the reactor's next turn.  When a worker finishes,
+    ampoule hands it the next queued job and then runs the finished job's callbacks, which answer
+    the HTTP request, and the reactor serves whatever else is ready: the worker would wait all
+    that out before its job reaches it.  Measured on 1080p misses (benchmarks/README.md): 0.22 of
+    2 cores idle without this, 0.18 with it, and 7 % more requests per second.
     """
+
+    def __init__(self, placement: Placement, **options: Any) -> None:
+        super().__init__(**options)
+        self.placement = placement
+
+    def _addProcess(self, child: Any, finished: Deferred[Any]) -> None:
+        pid = child.transport.transport.pid
+        cpu = self.placement.choose(child)
+        if cpu is not None:
+            try:
+                os.sched_setaffinity(pid, {cpu})
+            except OSError as error:  # gone already, or the CPU was taken away: run unpinned
+                log.warn("worker {pid} runs unpinned: {error}", pid=pid, error=error)
+        super()._addProcess(child, finished)
+
+    def _pruneProcess(self, child: Any) -> None:
+        self.placement.release(child)  # its transport may be gone by now
+        super()._pruneProcess(child)
 
     def _cb_doWork(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
         idle = set(self.ready)
@@ -82,7 +104,10 @@ class _PromptPool(ampoule_pool.ProcessPool):
 
 
 class WorkerPool(Service):
-    """``size`` pyvips workers and a queue of at most ``max_queue`` waiting jobs."""
+    """``size`` pyvips workers and a queue of at most ``max_queue`` waiting jobs.
+
+    ``pin``: one worker per CPU when the workers cover every CPU (`Placement`).
+    """
 
     def __init__(
         self,
@@ -91,8 +116,10 @@ class WorkerPool(Service):
         timeout: float,
         max_jobs: int,
         environment: Mapping[str, str] | None = None,
+        pin: bool = True,
     ) -> None:
         self.size = size
+        self.placement = Placement(usable_cpus() if pin else (), size)
         self.max_queue = max_queue
         self.timeout = timeout
         self.max_jobs = max_jobs
@@ -109,7 +136,8 @@ class WorkerPool(Service):
     def startService(self) -> Deferred[None]:
         super().startService()
         starter = ProcessStarter(env=self.environment, packages=("twisted", "imageserver"))
-        self._pool = _PromptPool(
+        self._pool = _Pool(
+            self.placement,
             ampChild=Worker,
             min=self.size,
             max=self.size,
