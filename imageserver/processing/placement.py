@@ -1,9 +1,8 @@
 """Which CPU each worker runs on.
 
-Left to the scheduler, two busy workers on a 2-CPU machine now and then share one CPU while the
-other idles (the main process wakes on one, a worker is moved next to the other): 1080p misses
-kept 0.18-0.22 of 2 cores idle.  One worker per CPU left 0.02-0.03 idle and answered 12-14 % more
-requests per second (benchmarks/README.md).
+Left to the scheduler, two busy workers on a 2-CPU machine left 0.17-0.22 of the cores idle
+during 1080p misses (now and then both waiting for one CPU while the other idled); one worker per
+CPU left 0.02-0.03 idle and answered 12-14 % more requests per second (benchmarks/README.md).
 
 Pinning is only safe when the workers cover every CPU the server may use: then each CPU gets the
 same number of workers, whatever else runs on the machine.  With fewer workers than CPUs they are
