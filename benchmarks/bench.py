@@ -34,6 +34,7 @@ from typing import Any
 
 from benchmarks import fixtures, load, procs, report, servers
 from benchmarks.operations import BY_KEY, OPERATIONS, Operation, work_list
+from imageserver.processing.placement import usable_cpus
 
 BENCHMARKS = Path(__file__).resolve().parent
 DATA = BENCHMARKS / ".data"
@@ -50,9 +51,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds per measurement (default 10)")
     parser.add_argument("--thumbor", action="store_true", help="also measure thumbor")
     parser.add_argument("--soak", type=float, default=0, metavar="MINUTES", help="a soak run")
-    parser.add_argument(
-        "--workers", type=int, default=len(os.sched_getaffinity(0)), help="pool size"
-    )
+    parser.add_argument("--workers", type=int, default=len(usable_cpus()), help="pool size")
     parser.add_argument(
         "--no-pin",
         dest="pin",
