@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -437,11 +436,11 @@ def machine() -> Result:
 
 
 def _hevc_decoder() -> str:
-    """What the server decodes HEIC with: pillow-heif when the ``heic`` extra is installed."""
-    for distribution in ("pillow-heif", "pi-heif"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            return f"{distribution} {importlib.metadata.version(distribution)}"
-    return "none"
+    """What the server decodes HEIC with, by the workers' own choice, and its version."""
+    from imageserver.processing.operations import hevc_decoder
+
+    module = hevc_decoder()
+    return f"{module.__name__.replace('_', '-')} {module.__version__}"
 
 
 @contextlib.contextmanager

@@ -276,7 +276,7 @@ def _decode_hevc(
     freed memory once this function returned (a segfault, seen with pi-heif 1.4).
     """
     try:
-        heif = _heif_decoder().open_heif(path, convert_hdr_to_8bit=True)
+        heif = hevc_decoder().open_heif(path, convert_hdr_to_8bit=True)
         mode, (source_width, source_height) = heif.mode, heif.size
         pixels, stride = heif.data, heif.stride
         icc = heif.info.get("icc_profile")
@@ -387,7 +387,7 @@ def _saver(output_format: str) -> _Saver:
     return save
 
 
-def _heif_decoder() -> ModuleType:
+def hevc_decoder() -> ModuleType:
     """What decodes HEVC: pillow-heif when the ``heic`` extra is installed, else pi-heif.
 
     Both wrap libheif with the same API; pillow-heif's newer build decoded the benchmark's 12 MP
