@@ -80,7 +80,7 @@ class _Pool(ampoule_pool.ProcessPool):
         self.placement = placement
 
     def _addProcess(self, child: Any, finished: Deferred[Any]) -> None:
-        pid = child.transport.transport.pid
+        pid = _process(child).pid
         cpu = self.placement.choose(child)
         if cpu is not None:
             try:
@@ -97,10 +97,15 @@ class _Pool(ampoule_pool.ProcessPool):
         idle = set(self.ready)
         job: Deferred[Any] = super()._cb_doWork(command, **arguments)
         for child in idle - self.ready:
-            pipe = child.transport.transport.pipes.get(ampoule_main.TO_CHILD)
+            pipe = _process(child).pipes.get(ampoule_main.TO_CHILD)
             if pipe is not None:
                 pipe.doWrite()  # a failure is left for the reactor to see on its next turn
         return job
+
+
+def _process(child: Any) -> Any:
+    """The Twisted process behind one of ampoule's children (its AMP protocol)."""
+    return child.transport.transport
 
 
 class WorkerPool(Service):
@@ -179,7 +184,7 @@ class WorkerPool(Service):
         """The process ids of the live workers (for operators and tests)."""
         if self._pool is None:
             return []
-        return [child.transport.transport.pid for child in self._pool.processes]
+        return [_process(child).pid for child in self._pool.processes]
 
     def identify(self, path: str, max_pixels: int) -> Deferred[dict[str, Any]]:
         return self._submit(commands.Identify, path=path, max_pixels=max_pixels)
