@@ -240,6 +240,61 @@ class GeometryTests(OperationsTestCase):
             self.assertNotIn("orientation", image.get_fields())
 
 
+class ShrinkOnLoadTests(OperationsTestCase):
+    def test_jpeg_decode_scale_covers_the_box(self) -> None:
+        for source, box, divisor in (
+            ((1920, 1080), (300, 169), 4),  # libvips' thumbnail would decode at 1/2
+            ((1920, 1080), (240, 135), 8),
+            ((1920, 1080), (241, 135), 4),
+            ((1920, 1080), (1000, 563), 1),
+            ((4032, 3024), (300, 225), 8),
+            ((4032, 3024), (1000, 750), 4),
+            ((1001, 9), (126, 2), 8),  # 1001/8 rounds up to 126
+            ((1001, 9), (127, 2), 4),
+            ((10, 10), (10, 10), 1),
+        ):
+            self.assertEqual(operations.jpeg_shrink(*source, *box), divisor, (source, box))
+
+    def jpeg_decodes(self) -> list[dict[str, Any]]:
+        """Record the options of every `jpegload_source` call during the test."""
+        calls: list[dict[str, Any]] = []
+        real = pyvips.Image.jpegload_source
+
+        def recording(source: pyvips.Source, **options: Any) -> pyvips.Image:
+            calls.append(options)
+            return real(source, **options)
+
+        patcher = mock.patch.object(pyvips.Image, "jpegload_source", recording)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        return calls
+
+    def test_thumbnail_decodes_at_a_reduced_scale_close_to_a_full_decode(self) -> None:
+        """A detailed 1600x1200 JPEG drawn 200 wide is decoded at 1/8 scale, and differs from
+        a full-size decode resized the same way by under one level on average (the same image
+        one pixel off differs by three)."""
+        x, y = pyvips.Image.xyz(1600, 1200).bandsplit()
+        waves = (x * 0.05).sin() * 40 + (y * 0.013).cos() * 30 + ((x + y) * 0.9).sin() * 40
+        detail = (waves + 128).cast("uchar")
+        image = detail.bandjoin([detail.flip("horizontal"), detail.flip("vertical")])
+        source = self.path("detail.jpg")
+        image.copy(interpretation="srgb").jpegsave(source, Q=95)
+        calls = self.jpeg_decodes()
+        destination, result = self.render(source, 200, 0, 0, fmt="png")
+        self.assertEqual(result, (200, 150))
+        self.assertEqual([call.get("shrink") for call in calls], [8])
+        reference = pyvips.Image.new_from_file(source).thumbnail_image(200, height=150)
+        difference = (decode(destination).cast("float") - reference.cast("float")).abs()
+        self.assertLess(difference.avg(), 1.0)
+
+    def test_only_jpeg_is_decoded_that_way(self) -> None:
+        calls = self.jpeg_decodes()
+        png = self.path("big.png")
+        solid(800, 600, BLUE).pngsave(png)
+        _, result = self.render(png, 100, 0, 0, fmt="png")
+        self.assertEqual((result, calls), ((100, 75), []))
+
+
 class EncodingTests(OperationsTestCase):
     def test_lower_quality_is_smaller(self) -> None:
         for fmt in ("jpeg", "webp", "avif"):
