@@ -107,7 +107,7 @@ class Config:
         60, "Seconds a job may run before its worker is killed.", check=_at_least(1)
     )
     worker_max_jobs: int = _flag(
-        500, "Jobs a worker runs before it is replaced; 0 for never.", check=_at_least(0)
+        5000, "Jobs a worker runs before it is replaced; 0 for never.", check=_at_least(0)
     )
     allow_private_sources: bool = _flag(
         False, "Let ?source= URLs reach loopback, private and other internal addresses."
