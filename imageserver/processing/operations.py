@@ -1,9 +1,9 @@
 """The image operations a worker subprocess runs: read a header, render a variant (DECISIONS D4-D6).
 
 Pure functions of files: a path in, a path out, no Twisted.  libvips does the work with
-shrink-on-load (`thumbnail_source`), EXIF auto-orientation, conversion to sRGB and no metadata in
-the output.  HEVC-coded HEIC/HEIF is decoded with pi-heif, because the libvips in pyvips-binary can
-read a HEIF header but has no HEVC decoder.
+shrink-on-load (JPEG's scaled decode, else `thumbnail_source`'s), EXIF auto-orientation,
+conversion to sRGB and no metadata in the output.  HEVC-coded HEIC/HEIF is decoded with pi-heif,
+because the libvips in pyvips-binary can read a HEIF header but has no HEVC decoder.
 
 Hostile input is kept out three ways: the pixel count is checked from the header before anything is
 decoded; every libvips loader except the whitelisted ones is blocked for the whole process; and the
@@ -102,7 +102,7 @@ class _Header:
     has_icc: bool  # an embedded profile, so converting to sRGB needs a colour transform
     hevc: bool  # HEIF coded with HEVC: libvips cannot decode the pixels, pi-heif can
     fail_on: str  # libvips' fail_on for this loader's pixels: "error" or "warning"
-    loader: str = ""  # the libvips loader's nickname, e.g. "jpegload"
+    loader: str  # the libvips loader's nickname, e.g. "jpegload"
 
 
 def identify(path: str, max_pixels: int = 100_000_000) -> tuple[int, int, str]:
@@ -247,8 +247,8 @@ def _thumbnail(path: str, width: int, height: int, frames: int, header: _Header)
     resize instead: a 1920x1080 source to 300 wide decodes at 960x540, not 480x270.  Ours costs
     11-19 % less CPU on the benchmark's thumbnails, and stays within 46-48 dB PSNR of a
     full-size decode, below what re-encoding at quality 92 changes (benchmarks/README.md).
-    Other formats go through `thumbnail_source`, which shrinks WebP, HEIF and TIFF pyramids on
-    load by itself.
+    Other formats go through `thumbnail_source`, which shrinks WebP on load and picks a TIFF
+    pyramid's level or a HEIF's embedded thumbnail by itself.
 
     Loader options go in `option_string`: libvips 8.18's `thumbnail_source` silently ignores its
     own `fail_on` argument (and `thumbnail` ignores a `[...]` suffix on a file name, which would
