@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from imageserver.processing import pool as pool_module
@@ -88,3 +89,25 @@ class PinnedPoolTests(ServerTestCase):
         await self.start_server(processor_concurrency=2, pin_workers=False)
         for cpus in self.affinities(self.server.pool.worker_pids()):
             self.assertEqual(cpus, os.sched_getaffinity(0))
+
+
+class UnusableCpuTests(ServerTestCase):
+    async def test_a_worker_whose_cpu_cannot_be_used_runs_unpinned(self) -> None:
+        """A CPU taken away between the server's start and a worker's (a cpuset shrunk, a CPU
+        offlined): that worker runs wherever the scheduler puts it, and still takes jobs."""
+        own = min(usable_cpus())
+        gone = 4000  # no such CPU: the kernel refuses it as it would a removed one
+        self.patch(pool_module, "usable_cpus", lambda: {own, gone})
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        pool = WorkerPool(size=2, max_queue=4, timeout=30, max_jobs=0)
+        await pool.startService()
+        self.addCleanup(pool.stopService)
+        affinities = sorted((os.sched_getaffinity(pid) for pid in pool.worker_pids()), key=len)
+        self.assertEqual(affinities, [{own}, os.sched_getaffinity(0)])
+        answers = [await pool.identify(IMAGE, 0) for _ in range(4)]
+        self.assertEqual({answer["content_type"] for answer in answers}, {"image/png"})
+        warnings = [formatEvent(event) for event in logged if "unpinned" in event["log_format"]]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("Invalid argument", warnings[0])
