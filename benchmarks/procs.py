@@ -11,17 +11,10 @@ Peak memory: ``VmHWM`` is the high-water mark of a process's RSS; writing ``5`` 
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 from pathlib import Path
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/<pid>/stat from the third (state) on; the name may contain spaces."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()
+from imageserver.usage import TICKS_PER_SECOND, read_usage
 
 
 def children(pid: int) -> list[int]:
@@ -45,18 +38,14 @@ def tree(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system time of `pid` and of its reaped children."""
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        fields = _stat(pid)
-        return sum(int(value) for value in fields[11:15]) / TICKS
-    return 0.0
+    usage = read_usage(pid)
+    return usage.cpu_seconds + usage.children_cpu_seconds if usage else 0.0
 
 
 def own_cpu_seconds(pid: int) -> float:
     """User + system time of `pid` alone (the server's main process, without its workers)."""
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        fields = _stat(pid)
-        return sum(int(value) for value in fields[11:13]) / TICKS
-    return 0.0
+    usage = read_usage(pid)
+    return usage.cpu_seconds if usage else 0.0
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -93,7 +82,7 @@ def machine_busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy (all CPUs, all processes) since boot."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / TICKS
+    return (user + nice + system + irq + softirq + steal) / TICKS_PER_SECOND
 
 
 def own_children_cpu_seconds() -> float:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import imageserver
+from imageserver.usage import read_usage
 
 # The Go client's default buckets, which the Go server's dashboards expect.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -138,8 +139,9 @@ class Metrics:
         self.registry.register(_UploadCollector(uploads))
 
     def watch_pool(self, pool: PoolState) -> None:
-        """Export the worker pool's live state."""
+        """Export the worker pool's live state, and the CPU and memory of its processes."""
         self.registry.register(_PoolCollector(pool))
+        self.registry.register(_UsageCollector(pool))
 
 
 class PoolState(Protocol):
@@ -156,6 +158,8 @@ class PoolState(Protocol):
 
     @property
     def crashes(self) -> int: ...
+
+    def worker_pids(self) -> list[int]: ...
 
 
 class UploadState(Protocol):
@@ -200,4 +204,48 @@ class _PoolCollector(Collector):
             "image_server_worker_crashes",
             "Workers that died or were killed (timeout) during a job; each is replaced.",
             value=self.pool.crashes,
+        )
+
+
+class _UsageCollector(Collector):
+    """CPU time and resident memory of the main process and of the workers, read at each scrape.
+
+    The workers' CPU counts the live workers' own time and the time of those already replaced
+    (the main process's reaped children), so a recycled worker's work is not lost.  A worker that
+    has ended but is not yet reaped is in neither for a moment, so the total never steps back.
+    """
+
+    def __init__(self, pool: PoolState) -> None:
+        self.pool = pool
+        self._workers_cpu = 0.0
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        main = read_usage()
+        if main is None:  # no /proc: nothing to say
+            return
+        workers = [usage for usage in map(read_usage, self.pool.worker_pids()) if usage]
+        workers_cpu = main.children_cpu_seconds + sum(usage.cpu_seconds for usage in workers)
+        self._workers_cpu = max(self._workers_cpu, workers_cpu)
+        cpu = CounterMetricFamily(
+            "image_server_cpu_seconds",
+            "CPU time, user and system, of the main process and of the image workers (replaced"
+            " ones included).",
+            labels=["process"],
+        )
+        cpu.add_metric(["main"], main.cpu_seconds)
+        cpu.add_metric(["workers"], self._workers_cpu)
+        yield cpu
+        resident = [usage.resident_bytes for usage in workers]
+        memory = GaugeMetricFamily(
+            "image_server_resident_memory_bytes",
+            "Resident memory of the main process, and of all live image workers together.",
+            labels=["process"],
+        )
+        memory.add_metric(["main"], main.resident_bytes)
+        memory.add_metric(["workers"], sum(resident))
+        yield memory
+        yield GaugeMetricFamily(
+            "image_server_worker_resident_memory_bytes_max",
+            "Resident memory of the largest live image worker.",
+            value=max(resident, default=0),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ServerTestCase, request
@@ -51,6 +53,18 @@ class AdminTests(ServerTestCase):
         self.assertEqual(samples[("image_server_workers", ())], 1)
         build = [key for key in samples if key[0] == "image_server_build_info"]
         self.assertEqual(dict(build[0][1])["version"], "0.1.0")
+
+    async def test_every_series_is_documented(self) -> None:
+        await self.start_server()
+        await self.upload_wine()
+        page = (await request("GET", f"{self.admin_url}/metrics")).body.decode()
+        families = text_string_to_metric_families(page)
+        # prometheus_client adds a ``*_created`` timestamp beside each counter and histogram.
+        names = {family.name for family in families if not family.name.endswith("_created")}
+        self.assertIn("image_server_cpu_seconds", names)
+        documented = Path(__file__).parent.parent.joinpath("docs", "metrics.md").read_text()
+        missing = sorted(name for name in names if f"`{name}" not in documented)
+        self.assertEqual(missing, [])
 
     async def test_admin_unknown_route_is_json_404(self) -> None:
         await self.start_server()
