@@ -211,8 +211,10 @@ class _UsageCollector(Collector):
     """CPU time and resident memory of the main process and of the workers, read at each scrape.
 
     The workers' CPU counts the live workers' own time and the time of those already replaced
-    (the main process's reaped children), so a recycled worker's work is not lost.  A worker that
-    has ended but is not yet reaped is in neither for a moment, so the total never steps back.
+    (the main process's reaped children), so a recycled worker's work is not lost.  A live
+    worker's time and what its reaping adds to the main process's are rounded separately, so the
+    sum could dip by a tick across a replacement: the total is kept from stepping back, as a
+    counter must.
     """
 
     def __init__(self, pool: PoolState) -> None:
