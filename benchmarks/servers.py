@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks import procs
+from imageserver.usage import read_usage
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPOSITORY = BENCHMARKS.parent
@@ -122,11 +123,8 @@ class Managed:
 
 def _alive(pid: int) -> bool:
     """Whether `pid` still runs (a zombie counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
+    usage = read_usage(pid)
+    return usage is not None and usage.state != "Z"
 
 
 class OurServer(Managed):

@@ -15,11 +15,12 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 # Positions in the fields after the command name (proc(5) numbers them from 1, the pid; the
 # name is the 2nd, the state the 3rd).
-_UTIME, _STIME, _CUTIME, _CSTIME, _RSS = (number - 3 for number in (14, 15, 16, 17, 24))
+_STATE, _UTIME, _STIME, _CUTIME, _CSTIME, _RSS = (number - 3 for number in (3, 14, 15, 16, 17, 24))
 
 
 @dataclass(frozen=True)
 class Usage:
+    state: str  # proc(5)'s letter: "R" running, "S" sleeping, "Z" ended and not yet reaped...
     cpu_seconds: float  # user and system time of the process itself
     children_cpu_seconds: float  # of the children it has waited for (workers that ended)
     resident_bytes: int
@@ -31,6 +32,7 @@ def parse_stat(text: str) -> Usage:
     fields = text[text.rindex(")") + 2 :].split()
     ticks = [int(fields[index]) for index in (_UTIME, _STIME, _CUTIME, _CSTIME)]
     return Usage(
+        state=fields[_STATE],
         cpu_seconds=(ticks[0] + ticks[1]) / TICKS_PER_SECOND,
         children_cpu_seconds=(ticks[2] + ticks[3]) / TICKS_PER_SECOND,
         resident_bytes=int(fields[_RSS]) * PAGE_BYTES,

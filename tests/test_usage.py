@@ -26,6 +26,7 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(usage.cpu_seconds, 300 / TICKS_PER_SECOND)
         self.assertEqual(usage.children_cpu_seconds, 1200 / TICKS_PER_SECOND)
         self.assertEqual(usage.resident_bytes, 3000 * PAGE_BYTES)
+        self.assertEqual(usage.state, "S")
 
     def test_this_process_as_the_kernel_counts_it(self) -> None:
         usage = read_usage()
@@ -37,6 +38,14 @@ class ParseTests(unittest.TestCase):
         with open("/proc/self/statm") as statm:
             resident = int(statm.read().split()[1]) * PAGE_BYTES
         self.assertLessEqual(abs(usage.resident_bytes - resident), 4 * MB)
+
+    def test_a_process_ended_but_not_yet_reaped_is_a_zombie(self) -> None:
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        self.addCleanup(child.wait)
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, left unreaped
+        usage = read_usage(child.pid)
+        assert usage is not None
+        self.assertEqual(usage.state, "Z")
 
     def test_a_process_that_has_ended_has_no_usage(self) -> None:
         ended = subprocess.run(
