@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mimetypes
+from typing import BinaryIO
 
 JSON = "application/json"
 
@@ -80,9 +81,16 @@ def sniff(prefix: bytes) -> str:
 
 def content_type_of(name: str, path: str) -> str:
     """The content type of a stored file: sniffed for ``original``, else by its name."""
+    with open(path, "rb") as stored:
+        return content_type_of_open(name, stored)
+
+
+def content_type_of_open(name: str, stored: BinaryIO) -> str:
+    """`content_type_of` a file already open, left at its start."""
     if name == "original":
-        with open(path, "rb") as original:
-            return sniff(original.read(SNIFF_BYTES))
+        prefix = stored.read(SNIFF_BYTES)
+        stored.seek(0)
+        return sniff(prefix)
     if name == "info.json":
         return JSON
     return for_name(name)

@@ -22,7 +22,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 
-from imageserver import mime, paths
+from imageserver import paths
 from imageserver.errors import BodyTooLarge, ImageServerError, NotFound, Overloaded
 from imageserver.events import RequestTimed
 from imageserver.images import Images
@@ -188,7 +188,10 @@ class _Files(Resource):
         path = self.app.images.local_file(*route)
         if path is not None:
             with self.app.timed("resize_image"):
-                served: bytes | int = _stored_file(path, *route).render(request)
+                try:
+                    served: bytes | int = _stored_file(path, *route).render(request)
+                except ImageServerError:
+                    served = _error_answer(request, Failure())
                 return served
         answer = ensureDeferred(self.app.file(*route, missing_here=True))
         gone = request.notifyFinish()
@@ -234,8 +237,7 @@ def _answer_error(request: Request, gone: Deferred[None], failure: Failure) -> N
 
 
 def _stored_file(path: str, namespace: str, image_hash: str, name: str) -> CachedFile:
-    relative = paths.relative_path(namespace, image_hash, name)
-    return CachedFile(path, relative, mime.content_type_of(name, path))
+    return CachedFile(path, paths.relative_path(namespace, image_hash, name))
 
 
 def _image_hash(namespace: str, parts: dict[str, str]) -> str:
