@@ -27,6 +27,17 @@ from zope.interface import implementer
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _COMPATIBLE = ipaddress.ip_network("::/96")
 
+# Translation prefixes refused whole, whatever IPv4 address they seem to embed: a translator on
+# the server's own network decides where they lead.  The local-use NAT64 prefix is laid out as
+# each operator chooses (the IPv4 address may follow the first 48, 56, 64 or 96 bits), and SIIT
+# translators may map IPv4-translated addresses by a table of their own, so reading an IPv4
+# address out of them proves nothing.  (Teredo's 2001::/32 needs no entry: the standard library
+# already counts it as not global.)
+_TRANSLATED = (
+    ipaddress.ip_network("64:ff9b:1::/48"),  # local-use NAT64
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # SIIT, IPv4-translated
+)
+
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -44,10 +55,13 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
 def is_blocked(address: IP) -> bool:
     """Whether a download may not connect to ``address``: anything that is not a public unicast
     address (loopback, private, link-local, CGNAT, unspecified, reserved, documentation,
-    multicast), directly or embedded in IPv6."""
+    multicast), directly or embedded in IPv6, and every address of a translation prefix whose
+    embedding cannot be trusted."""
     if not address.is_global or address.is_multicast:
         return True
     if isinstance(address, ipaddress.IPv6Address):
+        if any(address in prefix for prefix in _TRANSLATED):
+            return True
         inner = embedded_ipv4(address)
         return inner is not None and is_blocked(inner)
     return False

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from hyperlink import EncodedURL
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -51,7 +52,10 @@ class SourceDownloader:
         address = _address(url)
         try:
             request = self._http.get(
-                _request_target(url), headers={b"User-Agent": [USER_AGENT]}, allow_redirects=False
+                _request_target(url),
+                headers={b"User-Agent": [USER_AGENT]},
+                allow_redirects=False,
+                unbuffered=True,  # the body goes to the spool as it arrives, never to memory
             )
         except Exception as error:  # a URL the HTTP client cannot even send
             raise SourceUnavailable(f"Unable to download image: {url}, {error}") from error
@@ -172,6 +176,8 @@ def _address(url: str) -> str:
         raise SourceUnavailable(f"Unable to download image: {url}, {error}") from error
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SourceUnavailable(f"Unable to download image: {url}, only http and https URLs")
+    if ":" in parts.hostname:  # an IPv6 literal, bracketed as Go writes it
+        return f"[{parts.hostname}]:{port}"
     return f"{parts.hostname}:{port}"
 
 
@@ -191,9 +197,29 @@ def _connection_error(url: str, address: str, reason: Failure) -> SourceUnavaila
     return SourceUnavailable(f'Get "{url}": {detail}')
 
 
-def _request_target(url: str) -> bytes:
-    """The URL as sent: spaces escaped, the rest kept as the user wrote it (SPEC §8.1)."""
-    return url.replace(" ", "%20").encode("utf-8")
+def _request_target(url: str) -> EncodedURL:
+    """The URL for the HTTP client: spaces escaped, the rest as the user wrote it.
+
+    Parsed from text, not encoded to bytes: the client makes it ASCII itself (an
+    internationalised name in its IDNA form, other non-ASCII characters percent-encoded), where
+    it would refuse UTF-8 bytes.
+    """
+    return _SourceURL.from_text(url.replace(" ", "%20"))
+
+
+class _SourceURL(EncodedURL):
+    """A URL whose ASCII form keeps an IPv6 literal host as it is.
+
+    treq makes every URL ASCII through hyperlink's ``to_uri``, which puts the host through IDNA;
+    IDNA refuses the colons of an IPv6 literal, so ``http://[::1]/x.jpg`` could never be
+    fetched.  A name still goes through IDNA (``bücher.example`` is sent as
+    ``xn--bcher-kva.example``).
+    """
+
+    def to_uri(self) -> EncodedURL:
+        if ":" not in self.host:  # only an IPv6 literal has one: the port is kept apart
+            return super().to_uri()
+        return self.replace(host="").to_uri().replace(host=self.host)
 
 
 def _discard(reason: Failure, spool: Spool) -> Failure:

@@ -6,7 +6,7 @@ import ipaddress
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
     IHostnameResolver,
@@ -18,7 +18,7 @@ from twisted.web import resource, server, util
 from zope.interface import implementer
 
 from imageserver import addresses
-from tests.support import ServerTestCase, SourceServer, fixture
+from tests.support import WINE_HASH, ServerTestCase, SourceServer, fixture
 
 
 class BlockTableTests(SynchronousTestCase):
@@ -31,6 +31,18 @@ class BlockTableTests(SynchronousTestCase):
             "::7f00:1", "::a00:1",  # IPv4-compatible
             "2002:7f00:1::", "2002:a00:1::",  # 6to4
             "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",  # NAT64
+        ]:  # fmt: skip
+            self.assertTrue(addresses.is_blocked(ipaddress.ip_address(address)), address)
+
+    def test_translation_prefixes_are_refused_whole(self) -> None:
+        """Local-use NAT64, SIIT and Teredo addresses: refused whatever they embed, a public
+        IPv4 address (8.8.8.8 here) included, since a translator decides where they lead."""
+        for address in [
+            "64:ff9b:1::7f00:1", "64:ff9b:1:7f00:1::", "64:ff9b:1::a9fe:a9fe",  # local-use NAT64
+            "64:ff9b:1::808:808", "64:ff9b:1:808:8:800::", "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:0:7f00:1", "::ffff:0:a00:1", "::ffff:0:808:808",  # SIIT
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+            "2001:0:808:808:8000:63bf:f7f7:f7f7",  # Teredo, server and client 8.8.8.8
         ]:  # fmt: skip
             self.assertTrue(addresses.is_blocked(ipaddress.ip_address(address)), address)
 
@@ -63,11 +75,12 @@ class MapResolver:
         receiver.resolutionBegan(resolution)
         address = self.table.get(hostName, hostName)  # an IP literal stands for itself
         try:
-            ipaddress.IPv4Address(address)
+            version = ipaddress.ip_address(address).version
         except ValueError:
             pass
         else:
-            receiver.addressResolved(IPv4Address("TCP", address, portNumber))
+            kind = IPv4Address if version == 4 else IPv6Address
+            receiver.addressResolved(kind("TCP", address, portNumber))
         receiver.resolutionComplete()
         return resolution
 
@@ -118,11 +131,74 @@ class GuardTests(ServerTestCase):
         )
         self.assertEqual(inside.requests, [])
 
+    async def test_translation_prefixes_are_refused_before_connecting(self) -> None:
+        """Local-use NAT64 and SIIT addresses, as names resolve to them and as literals, are
+        refused without a connection, even those embedding a public address.  The reactor here
+        carries every IPv6 connection to a source on 127.0.0.1, as a translator on the path
+        could: a connection let through would be served."""
+        source = SourceServer(self)
+        source.serve("/wine.jpg", fixture("wine.jpg"))
+        port = source.base.rpartition(":")[2]
+        inside = {
+            "nat64.test": "64:ff9b:1::7f00:1",
+            "nat64-48.test": "64:ff9b:1:7f00:1::",
+            "nat64-public.test": "64:ff9b:1::808:808",
+            "siit.test": "::ffff:0:7f00:1",
+            "siit-public.test": "::ffff:0:808:808",
+        }
+        await self.start_guarded(inside)
+        translator = Translator(self.server.engine.source_reactor._reactor, int(port))
+        self.patch(self.server.engine.source_reactor, "_reactor", translator)
+        for name, address in inside.items():
+            await self.assert_refused(f"http://{name}:{port}/wine.jpg", name)
+            await self.assert_refused(f"http://[{address}]:{port}/wine.jpg", address)
+        self.assertEqual((translator.attempts, source.requests), ([], []))
+
+    async def test_internationalised_name_is_checked_in_its_idna_form(self) -> None:
+        """The guard checks the name in the IDNA form it is resolved in, and its refusal names
+        that form."""
+        await self.start_guarded({"xn--bcher-kva.test": "10.1.2.3"})
+        await self.assert_refused("http://bücher.test/wine.jpg", "xn--bcher-kva.test")
+
+    async def test_internationalised_name_is_fetched(self) -> None:
+        """With the guard lifted, a name outside ASCII is resolved and sent in its IDNA form,
+        and a path outside ASCII percent-encoded."""
+        previous = reactor.installNameResolver(MapResolver({"xn--bcher-kva.test": "127.0.0.1"}))
+        self.addCleanup(reactor.installNameResolver, previous)
+        await self.start_server(allow_private_sources=True)
+        source = SourceServer(self)
+        port = source.base.rpartition(":")[2]
+        source.serve("/wei%C3%9F.jpg", fixture("wine.jpg"))
+        response = await self.upload(b"{}", query=f"?source=http://bücher.test:{port}/weiß.jpg")
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json()["hash"], WINE_HASH)
+        [sent] = source.requests
+        self.assertEqual(sent.getHeader(b"Host"), f"xn--bcher-kva.test:{port}".encode())
+
     async def test_allow_private_sources_lifts_the_guard(self) -> None:
         await self.start_server(allow_private_sources=True)
         url = SourceServer(self).serve("/wine.jpg", fixture("wine.jpg"))
         response = await self.upload(b"{}", query=f"?source={url}")
         self.assertEqual(response.code, 200)
+
+
+class Translator:
+    """The reactor behind a NAT64 or SIIT translator that leads to ``port`` on 127.0.0.1: every
+    IPv6 connection arrives there, and is recorded."""
+
+    def __init__(self, reactor: Any, port: int) -> None:
+        self._reactor = reactor
+        self._port = port
+        self.attempts: list[str] = []
+
+    def connectTCP(self, host: str, port: int, factory: Any, *args: Any, **kwargs: Any) -> Any:
+        if ":" in host:
+            self.attempts.append(host)
+            host, port = "127.0.0.1", self._port
+        return self._reactor.connectTCP(host, port, factory, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 class MemoryTests(SynchronousTestCase):
