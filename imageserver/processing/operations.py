@@ -8,7 +8,8 @@ because the libvips in pyvips-binary can read a HEIF header but has no HEVC deco
 Hostile input is kept out three ways: the pixel count is checked from the header before anything is
 decoded; every libvips loader except the whitelisted ones is blocked for the whole process; and the
 loader that read a header is checked again against the whitelist.  Only `imageserver.errors`
-exceptions leave this module.
+exceptions leave this module, and the worker runs each call in a `job`, so that no job's error
+carries another's words or a server path.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import contextlib
 import importlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -70,6 +71,15 @@ _HEIF_BANDS = {"L": 1, "LA": 2, "La": 2, "RGB": 3, "RGBA": 4, "RGBa": 4}
 _HEIF_ERRORS = (ValueError, EOFError, SyntaxError, RuntimeError, OSError)
 
 _HEIC_EXTRA = "install the 'heic' extra (pip install 'imageserver[heic]') to write HEIC"
+
+# What clients read in place of a path: the job's source, its output, or any other absolute path.
+SOURCE_WORD = "image"
+OUTPUT_WORD = "output"
+_OTHER_PATH_WORD = "file"
+# An absolute path: a "/" that does not continue a word, a number or another path, up to the
+# quote, bracket or punctuation a library puts after a file name (a final full stop is not part
+# of it).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[^\s'\"()<>\[\]:;,]*[^\s'\"()<>\[\]:;,.]")
 
 
 def _lock_down_libvips() -> None:
@@ -150,7 +160,7 @@ def render(
     _check_pixels(out_width, out_height, frames, max_pixels)
     scaled_width, scaled_height = _cover_size(header.width, header.height, out_width, out_height)
     try:
-        with _vips_errors_as(errors.ProcessingFailed, source, destination):
+        with _vips_errors_as(errors.ProcessingFailed, path_words(source, destination)):
             if header.hevc:
                 image = _decode_hevc(source, scaled_width, scaled_height)
             else:
@@ -166,7 +176,7 @@ def render(
 
 def _read_header(path: str) -> _Header:
     """Open `path` with the loader libvips sniffs (whitelisted ones only) and read its header."""
-    with _vips_errors_as(errors.UnreadableImage, path):
+    with _vips_errors_as(errors.UnreadableImage, path_words(path)):
         image = pyvips.Image.new_from_source(pyvips.Source.new_from_file(path), "")
         loader = image.get("vips-loader").removesuffix("_source")
         content_type = _CONTENT_TYPES.get(loader)
@@ -201,7 +211,7 @@ def _check_decodes(path: str, header: _Header) -> None:
     A JPEG cut short in its scan data has a perfect header; without this it would be stored and
     every variant of it would fail.  Shrink-on-load keeps the check cheap for JPEG and WebP.
     """
-    with _vips_errors_as(errors.UnreadableImage, path):
+    with _vips_errors_as(errors.UnreadableImage, path_words(path)):
         if header.hevc:
             _decode_hevc(path, 1, 1, failure=errors.UnreadableImage)
             return
@@ -440,24 +450,66 @@ def _installed_pillow_heif() -> ModuleType | None:
 
 
 @contextlib.contextmanager
-def _vips_errors_as(kind: Callable[[str], errors.ImageServerError], *paths: str) -> Iterator[None]:
+def job(words: Mapping[str, str]) -> Iterator[None]:
+    """Run one job of a worker: libvips' error buffer is empty when it starts and when it ends,
+    and an `ImageServerError` it raises names no server path (`words`: see `without_paths`).
+
+    libvips keeps one error buffer per process and only appends to it; pyvips empties it when it
+    raises an `Error`, and only then.  What a job leaves there without failing in libvips (a JPEG's
+    "Corrupt JPEG data" warning on a file that still decodes, the "bad seek" lines of libheif
+    probing past the end of a HEIC whose HEVC data pi-heif then refuses) would otherwise open the
+    next `Error`'s text, which may be another client's answer, with the store's absolute paths.
+    The messages libvips writes are caught by `_vips_errors_as`; this also covers the other
+    libraries' (pi-heif quotes a path it could not open).
+    """
+    pyvips.vips_lib.vips_error_clear()
+    try:
+        yield
+    except errors.ImageServerError as error:
+        message = without_paths(error.message, words)
+        if message == error.message:
+            raise
+        raise type(error)(message) from error
+    finally:
+        pyvips.vips_lib.vips_error_clear()
+
+
+def path_words(source: str, *outputs: str) -> dict[str, str]:
+    """The word clients read for each path a job was given: its source, and what it writes."""
+    return {source: SOURCE_WORD} | dict.fromkeys(outputs, OUTPUT_WORD)
+
+
+def without_paths(text: str, words: Mapping[str, str]) -> str:
+    """`text` with each path of `words` replaced by its word, and any other absolute path too.
+
+    The store's directory and the names of its temporary files are no business of a client's.
+    The job's own paths are replaced whole first (the store may be configured under a directory
+    whose name has spaces), the longest first so that no path is cut inside a longer one.
+    """
+    for path in sorted(words, key=len, reverse=True):
+        text = text.replace(path, words[path])
+    return _ABSOLUTE_PATH.sub(_OTHER_PATH_WORD, text)
+
+
+@contextlib.contextmanager
+def _vips_errors_as(
+    kind: Callable[[str], errors.ImageServerError], words: Mapping[str, str]
+) -> Iterator[None]:
     """Turn a libvips error into `kind`, with libvips's own words as the detail."""
     try:
         yield
     except pyvips.Error as error:
-        raise kind(_describe(error, paths)) from error
+        raise kind(_describe(error, words)) from error
 
 
-def _describe(error: pyvips.Error, paths: tuple[str, ...]) -> str:
+def _describe(error: pyvips.Error, words: Mapping[str, str]) -> str:
     """A short, client-safe summary of a libvips error.
 
     libvips repeats lines (one per failed scanline or seek) and names files by their full path;
     clients get each line once, at most the first and the last (the cause and the outcome), and
-    only the files' base names.
+    words in place of paths (`without_paths`).
     """
-    text = error.detail or ""
-    for path in paths:
-        text = text.replace(path, os.path.basename(path))
+    text = without_paths(error.detail or "", words)
     # An indented line continues the message above it.
     messages = (" ".join(message.split()) for message in re.split(r"\n(?=\S)", text))
     lines = list(dict.fromkeys(message for message in messages if message))

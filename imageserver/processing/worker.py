@@ -48,7 +48,8 @@ def _statm() -> int:
 
 
 class Worker(AMPChild):
-    """One pyvips worker; each job is independent (libvips' operation cache is off)."""
+    """One pyvips worker; each job is independent: libvips' operation cache is off, and each job
+    runs in an `operations.job`, so its error names neither another job's troubles nor a path."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +57,8 @@ class Worker(AMPChild):
 
     @commands.Identify.responder
     def identify(self, path: str, max_pixels: int) -> dict[str, object]:
-        width, height, content_type = operations.identify(path, max_pixels)
+        with operations.job(operations.path_words(path)):
+            width, height, content_type = operations.identify(path, max_pixels)
         return {"width": width, "height": height, "content_type": content_type}
 
     @commands.Render.responder
@@ -73,17 +75,18 @@ class Worker(AMPChild):
         max_dimension: int,
     ) -> dict[str, object]:
         try:
-            out_width, out_height = operations.render(
-                source,
-                temporary,
-                width,
-                height,
-                quality,
-                output_format,
-                max_pixels,
-                max_dimension,
-            )
-            move_into_place(temporary, destination)
+            with operations.job(operations.path_words(source, temporary, destination)):
+                out_width, out_height = operations.render(
+                    source,
+                    temporary,
+                    width,
+                    height,
+                    quality,
+                    output_format,
+                    max_pixels,
+                    max_dimension,
+                )
+                move_into_place(temporary, destination)
         except BaseException:
             remove_quietly(temporary)
             raise
