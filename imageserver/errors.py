@@ -119,3 +119,10 @@ class Overloaded(ImageServerError):
 
     status = 503
     code = "overloaded"
+
+
+class VariantLimit(ImageServerError):
+    """An image already has as many stored variants as ``--max-variants-per-image`` allows."""
+
+    status = 403
+    code = "variant_limit"

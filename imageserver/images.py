@@ -48,9 +48,12 @@ from imageserver.names import (
     Variant,
     check_file_name,
     check_servable,
+    full_size_alias,
+    is_generated,
     parse_name,
 )
 from imageserver.processing.pool import WorkerPool
+from imageserver.quota import VariantQuota
 from imageserver.remote import RemoteStore
 from imageserver.s3 import S3Error
 from imageserver.spool import MINIMUM_IMAGE_BYTES, Spool
@@ -74,6 +77,7 @@ class ImageLimits:
     default_quality: int
     maximum_width: int
     max_source_pixels: int
+    max_variants_per_image: int = 0
 
 
 class Images:
@@ -102,6 +106,7 @@ class Images:
         self.public_url = public_url
         self._variants: Coalescer[str] = Coalescer()
         self._sources: Coalescer[ImageDetails] = Coalescer()
+        self.quota = VariantQuota(limits.max_variants_per_image, self._present)
 
     def parse(self, name: str) -> Variant:
         return parse_name(name, self.limits.default_quality, self.limits.maximum_width)
@@ -176,8 +181,11 @@ class Images:
         """Keep a client's file beside the image (SPEC §4.4), never over our own files."""
         paths.check_namespace(namespace)
         check_file_name(name)
-        if name in RESERVED_NAMES:
-            raise InvalidParameter(f"an attachment cannot be named {name!r}")
+        if is_generated(name):
+            raise InvalidParameter(
+                f"an attachment cannot be named {name!r}: original, info.json and the names of"
+                " variants (wN, hN, xN, WxH, full_size, with their modifiers) are the server's"
+            )
         relative = paths.relative_path(namespace, image_hash, name)
         if spool is None:
             self.store.write(relative, b"")
@@ -219,7 +227,13 @@ class Images:
         if variant is None:
             raise refusal
         check_servable(variant, allowed_extensions)
-        return await self.variant(namespace, image_hash, variant, looked=Looked.EVERYWHERE)
+        return await self.variant(namespace, image_hash, self._generated(variant))
+
+    def _generated(self, variant: Variant) -> Variant:
+        """The variant that is made and stored for ``variant``: for a made-up name of a format
+        we write (``photo.png``), that format's ``full_size``, served under any such name."""
+        alias = full_size_alias(variant)
+        return variant if alias is None else self.parse(alias)
 
     def local_file(self, namespace: str, image_hash: str, name: str) -> str | None:
         """The path of a file stored here; None when it is not, or ``name`` is no file name."""
@@ -272,7 +286,13 @@ class Images:
                 self.metrics.version_noop.labels(*labels).inc()
                 return self.store.path(relative)
             await self._ensure_original(namespace, image_hash)
-            path = await self._render(namespace, image_hash, variant, output_format, labels)
+            directory = paths.image_directory(namespace, image_hash)
+            await self.quota.admit(directory, variant.name)
+            try:
+                path = await self._render(namespace, image_hash, variant, output_format, labels)
+            except BaseException:
+                self.quota.give_back(directory)
+                raise
             if upload_later:
                 self.uploads.store_later(relative, mime.for_name(variant.name))
             return path
@@ -378,10 +398,11 @@ class Images:
         if not names:
             self.metrics.versions_noop.labels(namespace).inc()
             return
-        variants = [self.parse(name) for name in names]
+        generated = (self._generated(self.parse(name)) for name in names)
+        variants = list({variant.name: variant for variant in generated}.values())  # aliases once
         for variant in variants:
             check_servable(variant, allowed_extensions=frozenset())
-        present = await self._present(namespace, image_hash)
+        present = await self._present(paths.image_directory(namespace, image_hash))
         missing = [variant for variant in variants if variant.name not in present]
         if not missing:
             self.metrics.versions_noop.labels(namespace).inc()
@@ -410,9 +431,8 @@ class Images:
             failures[0].raiseException()
         await self.uploads.store_now(made)
 
-    async def _present(self, namespace: str, image_hash: str) -> set[str]:
+    async def _present(self, directory: str) -> set[str]:
         """The names of an image's files in the bucket, or locally when there is no bucket."""
-        directory = paths.image_directory(namespace, image_hash)
         if self.remote is None:
             return self.store.files(directory)
         try:

@@ -108,13 +108,37 @@ def parse_name(name: str, default_quality: int = 75, maximum_width: int = 1000) 
     return Variant(name, width, height, quality, ext)
 
 
+def is_variant_name(name: str) -> bool:
+    """Whether ``name`` has a form of the variant grammar, valid values or not (``w0.jpg`` too):
+    such names are the server's, never a client's attachment."""
+    return any(form.fullmatch(name) for form in (_RECTANGLE, _SQUARE, _WIDTH, _FULL_SIZE))
+
+
 def is_generated(name: str) -> bool:
     """Whether a stored file of this name is ours and never changes: the original, its details, or
     a variant of the grammar.  Anything else is a client's attachment, which can be replaced."""
-    if name in RESERVED_NAMES:
-        return True
-    forms = (_RECTANGLE, _SQUARE, _WIDTH, _FULL_SIZE)
-    return any(form.fullmatch(name) for form in forms)
+    return name in RESERVED_NAMES or is_variant_name(name)
+
+
+# One extension for each format a made-up name can ask for (``photo.jpeg`` is ``full_size.jpg``).
+_CANONICAL_EXTENSIONS = {
+    "jpeg": "jpg",
+    "png": "png",
+    "webp": "webp",
+    "gif": "gif",
+    "avif": "avif",
+    "heic": "heic",
+}
+
+
+def full_size_alias(variant: Variant) -> str | None:
+    """The variant a made-up name of a writable format is served from: ``full_size`` in that
+    format, so that any number of such names cost one stored file per format.  None for names
+    that are variants already, or whose extension we cannot write."""
+    output_format = variant.output_format
+    if not variant.custom or output_format is None:
+        return None
+    return f"full_size.{_CANONICAL_EXTENSIONS[output_format]}"
 
 
 # Generated files never change; attachments can be replaced, so caches must revalidate them.

@@ -90,6 +90,11 @@ class Config:
     default_quality: int = _flag(
         75, "Quality of variants whose name has no -qN.", check=_between(1, 100)
     )
+    max_variants_per_image: int = _flag(
+        100,
+        "Variants stored for one image before new ones are refused (403); 0 for no limit.",
+        check=_at_least(0),
+    )
     outputs: tuple[str, ...] = _flag((), "Variants made on upload when the request names none.")
     namespace: str = _flag("", "Namespace (for the cli command).")
     processor_concurrency: int = _flag(
@@ -149,7 +154,7 @@ class Config:
         {
             "admin_port", "allow_private_sources", "log_format", "s3_endpoint", "s3_acl",
             "max_queue", "processing_timeout", "worker_max_jobs", "pin_workers",
-            "max_upload_bytes", "max_source_pixels", "require_signature",
+            "max_upload_bytes", "max_source_pixels", "max_variants_per_image", "require_signature",
             "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
             "webhook_url", "webhook_secret", "webhook_timeout", "webhook_events",
         }

@@ -109,7 +109,12 @@ class Engine(service.MultiService):
             config.max_upload_bytes,
             guarded.nameResolver.refused if guarded is not None else {},
         )
-        limits = ImageLimits(config.default_quality, config.maximum_width, config.max_source_pixels)
+        limits = ImageLimits(
+            config.default_quality,
+            config.maximum_width,
+            config.max_source_pixels,
+            config.max_variants_per_image,
+        )
         self.images = Images(
             self.store,
             self.pool,
