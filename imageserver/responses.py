@@ -24,9 +24,19 @@ JSON_TYPE = b"application/json; charset=UTF-8"
 WHOLE_FILE_BYTES = 64 * 1024
 
 
+def json_bytes(body: Any) -> bytes:
+    """Pretty JSON with a trailing newline, as the Go server writes it."""
+    return json.dumps(body, indent=2).encode() + b"\n"
+
+
+def error_bytes(message: str, code: str) -> bytes:
+    """The body of every error answer."""
+    return json_bytes({"error": message, "code": code})
+
+
 def json_body(request: IRequest, status: int, body: Any) -> bytes:
-    """Pretty JSON with a trailing newline, as the Go server writes it, and its length."""
-    data = json.dumps(body, indent=2).encode() + b"\n"
+    """`json_bytes` as the answer, with its status, type and length."""
+    data = json_bytes(body)
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON_TYPE)
     request.setHeader(b"Content-Length", b"%d" % len(data))
@@ -34,7 +44,11 @@ def json_body(request: IRequest, status: int, body: Any) -> bytes:
 
 
 def error_body(request: IRequest, status: int, message: str, code: str) -> bytes:
-    return json_body(request, status, {"error": message, "code": code})
+    data = error_bytes(message, code)
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    request.setHeader(b"Content-Length", b"%d" % len(data))
+    return data
 
 
 def entity_tag(stat: os.stat_result, identity: str | None) -> bytes:

@@ -10,27 +10,43 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from io import BytesIO
+from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
+from imageserver.errors import BodyTooLarge
 from imageserver.logs import ACCESS_NAMESPACE
+from imageserver.responses import JSON_TYPE, error_body, error_bytes
 from imageserver.spool import Spool
 
+log = Logger()
+# How long a client whose body was cut off may go on sending before its connection is dropped.
+LINGER_SECONDS = 5.0
 access_log = Logger(namespace=ACCESS_NAMESPACE)
 
 
 class TimedRequest(server.Request):
-    """A request that knows when its headers arrived, for the access log."""
+    """A request that knows when its headers arrived, for the access log, and that answers a
+    failure no resource caught in JSON, like every other error (Twisted's is an HTML page)."""
 
     started: float | None = None
 
     def gotLength(self, length: int | None) -> None:
         self.started = self.channel.site.reactor.seconds()  # type: ignore[attr-defined]
         super().gotLength(length)
+
+    def processingFailed(self, reason: Failure) -> None:
+        log.failure("unexpected error answering {uri}", reason, uri=self.uri)
+        if self.startedWriting:  # half an answer is out: all that is left is to stop
+            self.loseConnection()
+            return
+        self.write(error_body(self, 500, "internal server error", "internal_error"))
+        self.finish()
 
 
 class LoggingSite(server.Site):
@@ -41,19 +57,31 @@ class LoggingSite(server.Site):
     def log(self, request: http.Request) -> None:
         started = getattr(request, "started", None)
         seconds = self.reactor.seconds() - started if started is not None else 0.0
-        access_log.info(
-            "{method} {path} {status} {bytes} {seconds:.3f}",
-            method=request.method.decode("ascii", "replace"),
-            # The path without its query: signatures and source URLs stay out of the logs.
-            path=request.path.decode("utf-8", "replace"),
-            status=request.code,
-            bytes=request.sentLength,
-            seconds=seconds,
-        )
+        log_access(request.method, request.path, request.code, request.sentLength, seconds)
+
+
+def log_access(method: bytes, path: bytes, status: int, sent: int, seconds: float) -> None:
+    """One access log line.  ``path`` is without its query: signatures and source URLs stay
+    out of the logs."""
+    access_log.info(
+        "{method} {path} {status} {bytes} {seconds:.3f}",
+        method=method.decode("ascii", "replace"),
+        path=path.decode("utf-8", "replace"),
+        status=status,
+        bytes=sent,
+        seconds=seconds,
+    )
 
 
 class SpoolingRequest(TimedRequest):
-    """A request whose body is a `Spool`, or nothing when the body will be refused anyway."""
+    """A request whose body is a `Spool`, or nothing when the body will be refused anyway.
+
+    A body that passes the site's limit as it arrives (a chunked one declares no length, an
+    oversized one declared too much) is answered 413 at once and its connection closed: reading
+    on until the client stops would let one client keep the reactor busy for as long as it likes.
+    """
+
+    cut_off = False
 
     def gotLength(self, length: int | None) -> None:
         """Headers are in: from here the request counts as in flight, body and all."""
@@ -72,9 +100,50 @@ class SpoolingRequest(TimedRequest):
         else:
             self.content = Spool(site.spool_directory, site.max_body_bytes)  # type: ignore[assignment]
 
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.cut_off:
+            return  # what was already in the buffer when the answer went out
+        super().handleContentChunk(data)
+        content = self.content
+        if isinstance(content, Spool | Oversized) and content.too_large:
+            content.close()  # a spool's file goes now, not when the connection has closed
+            self._cut_off(content.limit)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self.cut_off:  # else it has had its answer; its connection is closing
+            super().requestReceived(command, path, version)
+
+    def _cut_off(self, limit: int) -> None:
+        """Answer 413 now, without the body's end, then close.
+
+        The write side closes at once; what the client still sends is read and dropped for
+        `LINGER_SECONDS` at most (as nginx's lingering close does): closing with unread bytes
+        would make the kernel reset the connection, and the client could lose the answer.
+        """
+        self.cut_off = True
+        error = BodyTooLarge.over(limit)
+        body = error_bytes(error.message, error.code)
+        head = b"HTTP/1.1 413 %s\r\n" % http.RESPONSES[413]
+        head += b"Content-Type: %s\r\nContent-Length: %d\r\n" % (JSON_TYPE, len(body))
+        head += b"Connection: close\r\n\r\n"
+        transport: Any = self.channel.transport
+        transport.write(head + body)
+        transport.loseWriteConnection()
+        ending = self._site().reactor.callLater(LINGER_SECONDS, transport.abortConnection)
+        self.notifyFinish().addBoth(lambda _: _cancel(ending))
+        # The request line is on the channel: the request has none until its body is in.
+        method, uri = getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b"")
+        seconds = self._site().reactor.seconds() - (self.started or 0.0)
+        log_access(method, uri.partition(b"?")[0], 413, len(body), seconds)
+
     def _site(self) -> ImageSite:
         site: ImageSite = self.channel.site  # type: ignore[attr-defined]
         return site
+
+
+def _cancel(call: IDelayedCall) -> None:
+    if call.active():
+        call.cancel()
 
 
 class Unread(BytesIO):
@@ -90,6 +159,15 @@ class Oversized(Unread):
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
+        self.size = 0
+
+    @property
+    def too_large(self) -> bool:
+        return self.size > self.limit
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.size += len(data)
+        return len(data)
 
 
 class ImageChannel(http.HTTPChannel):

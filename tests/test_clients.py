@@ -97,7 +97,7 @@ class BodyTests(ServerTestCase):
         await self.assert_still_serving()
 
     async def test_chunked_body_over_the_limit(self) -> None:
-        """A chunked body declares no length: it is counted as it comes, refused at the end."""
+        """A chunked body declares no length: it is counted as it comes, refused once over."""
         chunk = b"x" * 30_000
         chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4))
         answer = await raw_exchange(
@@ -108,6 +108,45 @@ class BodyTests(ServerTestCase):
         status, _, body = status_and_body(answer)
         self.assertEqual(status, b"HTTP/1.1 413 Request Entity Too Large")
         self.assertEqual(body["error"], f"the body is over {LIMIT} bytes")
+        self.assertEqual(self.spooled(), [])
+        await self.assert_still_serving()
+
+    async def send_until_answered(self, head: bytes, chunk: bytes) -> tuple[bytes, int]:
+        """Send ``head`` then ``chunk`` after ``chunk`` until the server answers (bounded: 4000
+        chunks or 20 s); the answer, and how many bytes of body had been sent by then."""
+        client = await raw_connection(self.url)
+        client.transport.write(head)
+        sent = 0
+        for _ in range(4000):
+            if client.received or client.done.called:
+                break
+            client.transport.write(chunk)
+            sent += len(chunk)
+            await sleep(0.005)
+        await self.wait_for(lambda: client.received, "an answer", tries=400)
+        client.transport.loseConnection()
+        return await client.done, sent
+
+    async def test_endless_chunked_body_is_answered_as_it_passes_the_limit(self) -> None:
+        """A chunked body that never ends gets its 413 as soon as it passes the limit, not when
+        the client stops, and the connection closes."""
+        data = b"x" * 16_000
+        head = b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        answer, sent = await self.send_until_answered(head, b"%x\r\n%s\r\n" % (len(data), data))
+        status, head, body = status_and_body(answer)
+        self.assertEqual(status, b"HTTP/1.1 413 Request Entity Too Large")
+        self.assertIn(b"connection: close", head.lower())
+        self.assertEqual(body["code"], "body_too_large")
+        self.assertLess(sent, 4000 * len(data))  # the client was still sending
+        self.assertEqual(self.spooled(), [])
+        await self.assert_still_serving()
+
+    async def test_endless_declared_body_is_answered_as_it_passes_the_limit(self) -> None:
+        answer, sent = await self.send_until_answered(upload_head(10**12), b"x" * 16_000)
+        status, _, body = status_and_body(answer)
+        self.assertEqual(status, b"HTTP/1.1 413 Request Entity Too Large")
+        self.assertEqual(body["code"], "body_too_large")
+        self.assertLess(sent, 4000 * 16_000)
         self.assertEqual(self.spooled(), [])
         await self.assert_still_serving()
 
