@@ -30,8 +30,8 @@ class AdminApp:
 
     @app.route("/probe/ready")
     def ready(self, request: IRequest) -> bytes:
-        status, message = self.lifecycle.health()
-        return json_body(request, status, {"message": message})
+        status, body = self.lifecycle.readiness()
+        return json_body(request, status, body)
 
     @app.handle_errors(HTTPException)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:

@@ -138,6 +138,11 @@ class Metrics:
         """Export how many uploads are waiting to be retried."""
         self.registry.register(_UploadCollector(uploads))
 
+    def watch_bucket(self, bucket: BucketState) -> None:
+        """Export whether the bucket answered its last check: readiness leaves the bucket out, so
+        this is where an outage shows (and can be alerted on)."""
+        self.registry.register(_BucketCollector(bucket))
+
     def watch_pool(self, pool: PoolState) -> None:
         """Export the worker pool's live state, and the CPU and memory of its processes."""
         self.registry.register(_PoolCollector(pool))
@@ -165,6 +170,23 @@ class PoolState(Protocol):
 class UploadState(Protocol):
     @property
     def pending(self) -> int: ...
+
+
+class BucketState(Protocol):
+    @property
+    def reachable(self) -> bool: ...
+
+
+class _BucketCollector(Collector):
+    def __init__(self, bucket: BucketState) -> None:
+        self.bucket = bucket
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield GaugeMetricFamily(
+            "image_server_s3_bucket_reachable",
+            "1 when the bucket answered its last check, else 0 (before the first check too).",
+            value=int(self.bucket.reachable),
+        )
 
 
 class _UploadCollector(Collector):

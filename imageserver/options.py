@@ -84,6 +84,14 @@ class Config:
         env=("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
     )
     s3_acl: str = _flag("", "Canned ACL for uploaded objects (e.g. public-read); empty for none.")
+    # S3 answers metadata requests in milliseconds and a PUT within a second of its body: seconds
+    # of silence mean the bucket is out of reach, and an upload is better answered from the journal.
+    s3_timeout: int = _flag(
+        5,
+        "Seconds an S3 request may go without progress (connecting, sending, waiting for or reading"
+        " the answer); a client's upload is then answered from the upload journal.",
+        check=_at_least(1),
+    )
     maximum_width: int = _flag(
         1000, "Largest width or height of a variant; 0 for no limit.", check=_at_least(0)
     )
@@ -153,7 +161,7 @@ class Config:
     DASHED: ClassVar[frozenset[str]] = frozenset(
         {
             "admin_port", "allow_private_sources", "log_format", "s3_endpoint", "s3_acl",
-            "max_queue", "processing_timeout", "worker_max_jobs", "pin_workers",
+            "s3_timeout", "max_queue", "processing_timeout", "worker_max_jobs", "pin_workers",
             "max_upload_bytes", "max_source_pixels", "max_variants_per_image", "require_signature",
             "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
             "webhook_url", "webhook_secret", "webhook_timeout", "webhook_events",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -24,8 +24,9 @@ log = Logger()
 
 # Read-backs are not size-limited by the upload limit: what is in the bucket was accepted once.
 READ_BACK_LIMIT = 2**40
-# Seconds between checks that the bucket answers (for /probe/ready).
+# Seconds between checks that the bucket answers (for /probe/ready's body and /metrics).
 CHECK_INTERVAL = 10.0
+REACHABLE = "reachable"
 
 
 class RemoteStore:
@@ -35,9 +36,15 @@ class RemoteStore:
         self.client = client
         self.base_path = base_path
         self.store = store
-        self.reachable = False
+        # "reachable", "unreachable: <why>", or "unchecked" until the first check is done.
+        self.state = "unchecked"
         self._reads: Coalescer[bool] = Coalescer()
-        self._checker = LoopingCall(lambda: ensureDeferred(self.check()))
+        self._checker = LoopingCall(self._check_now)
+        self._checking: Deferred[None] | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.state == REACHABLE
 
     def key(self, relative: str) -> str:
         return paths.remote_key(self.base_path, relative)
@@ -46,21 +53,30 @@ class RemoteStore:
         self._checker.start(interval, now=True)
 
     def stop_checking(self) -> None:
+        """Stop checking, and cut a check in flight short (a silent bucket would hold it)."""
         if self._checker.running:
             self._checker.stop()
+        if self._checking is not None:
+            self._checking.cancel()
+
+    def _check_now(self) -> Deferred[None]:
+        self._checking = ensureDeferred(self.check())
+        return self._checking
 
     async def check(self) -> None:
         """Note whether the bucket answers; log when that changes."""
         try:
             await self.client.check()
+        except CancelledError:
+            return  # stopping: the bucket's state is unknown, not changed
         except Exception as error:  # S3Error, or anything else: never stop checking
-            if self.reachable or not self._checker.running:
+            if not self.state.startswith("unreachable"):
                 log.error("the bucket cannot be reached: {error}", error=error)
-            self.reachable = False
+            self.state = f"unreachable: {error}"
         else:
             if not self.reachable:
                 log.info("the bucket {bucket} answers", bucket=self.client.bucket.name)
-            self.reachable = True
+            self.state = REACHABLE
 
     def fetch(self, relative: str) -> Deferred[bool]:
         """Copy a file from the bucket into the local store; False when the bucket lacks it."""

@@ -2,7 +2,9 @@
 
 No boto3 and no threads per request: botocore is used only to sign, and only the credential
 lookup, which may refresh a role's keys over the network, runs in a thread.  Bodies stream from
-and to files.  S3's error XML becomes an `S3Error` carrying S3's own code.
+and to files.  S3's error XML becomes an `S3Error` carrying S3's own code.  Every request is bounded
+(`_Watchdog`): a bucket that accepts connections and never answers costs a caller seconds, not
+minutes.
 """
 
 from __future__ import annotations
@@ -11,27 +13,30 @@ import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
-import treq
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import protocol
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.threads import deferToThread
-from twisted.web.client import FileBodyProducer
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from imageserver.spool import Spool
 
 _NAMESPACE = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-# Seconds until a response's headers: short for metadata, long for a PUT (its body goes first).
-REQUEST_TIMEOUT = 30.0
-PUT_TIMEOUT = 240.0
-# Seconds for a whole GET body to arrive.
-READ_TIMEOUT = 300.0
+# Bytes a second a body must at least move at: a request's whole duration is bounded by twice its
+# timeout (one for the answer to start, one for the rest) plus its bodies at this rate.  A
+# thumbnail gets a fraction of a second more, a 100 MB original (the default upload limit) 200 s:
+# generous for a link that works, and a bucket that trickles a byte now and then cannot hold a
+# request for ever.
+MINIMUM_RATE = 512 * 1024
 # Seconds frozen credentials from the AWS chain are reused (botocore refreshes role keys well
 # before they expire, so a few minutes is safe).
 CREDENTIALS_REUSE = 300.0
@@ -39,7 +44,7 @@ CREDENTIALS_REUSE = 300.0
 
 class S3Error(Exception):
     """S3 answered with an error (``code`` is S3's, e.g. ``AccessDenied``), or could not be reached
-    (``status`` 0, ``code`` ``Unreachable``)."""
+    (``status`` 0, ``code`` ``Unreachable``, or ``Timeout`` when it went silent)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"S3 {code} ({status}): {message}" if status else f"S3 {message}")
@@ -127,7 +132,7 @@ class Bucket:
 
 
 class S3Client:
-    """PUT, GET, HEAD, LIST and DELETE on one bucket."""
+    """PUT, GET, HEAD, LIST and DELETE on one bucket, each bounded by its `_Watchdog`."""
 
     def __init__(
         self,
@@ -135,6 +140,7 @@ class S3Client:
         bucket: Bucket,
         credentials: CredentialSource,
         reactor: IReactorTime,
+        timeout: float,
         acl: str = "",
     ) -> None:
         self._http = http
@@ -142,42 +148,42 @@ class S3Client:
         self._credentials = credentials
         self._reactor = reactor
         self._acl = acl
+        self._timeout = timeout
 
     async def put_file(self, key: str, path: str, content_type: str, cache_control: str) -> None:
         headers = {"Content-Type": content_type, "Cache-Control": cache_control}
         if self._acl:
             headers["x-amz-acl"] = self._acl
         with open(path, "rb") as body:
-            response = await self._request("PUT", key, headers, body=body, timeout=PUT_TIMEOUT)
-        await _expect(response, 200)
+            answer = await self._request("PUT", key, headers, body=body)
+        await answer.expect(200)
 
     async def get_into(self, key: str, spool: Spool) -> bool:
         """Write an object into ``spool``; False when it does not exist.
 
-        The whole body must arrive within `READ_TIMEOUT`, and as long as S3 said it would be.
+        The body must arrive as long as S3 said it would be.
         """
-        response = await self._request("GET", key)
-        if response.code == 404:
-            await _read(response)
+        answer = await self._request("GET", key)
+        if answer.code == 404:
+            await answer.read()
             return False
-        await _expect(response, 200, keep_body=True)
-        receiving = treq.collect(response, spool.write)
-        receiving.addTimeout(READ_TIMEOUT, self._reactor)
-        await _guarded(receiving, "the object's body did not arrive")
-        if response.length not in (UNKNOWN_LENGTH, spool.size):
-            raise S3Error(0, "Truncated", f"{key}: {spool.size} of {response.length} bytes")
+        await answer.expect(200, keep_body=True)
+        await answer.receive(spool.write)
+        if answer.length not in (UNKNOWN_LENGTH, spool.size):
+            raise S3Error(0, "Truncated", f"{key}: {spool.size} of {answer.length} bytes")
         return True
 
     async def exists(self, key: str) -> bool:
-        response = await self._request("HEAD", key)
-        if response.code == 404:
+        answer = await self._request("HEAD", key)
+        if answer.code == 404:
+            await answer.read()
             return False
-        await _expect(response, 200)
+        await answer.expect(200)
         return True
 
     async def delete(self, key: str) -> None:
-        response = await self._request("DELETE", key)
-        await _expect(response, 204)
+        answer = await self._request("DELETE", key)
+        await answer.expect(204)
 
     async def list_keys(self, prefix: str, page_size: int = 1000, delimiter: str = "") -> list[str]:
         """Every key under ``prefix`` (with a delimiter, only the level below it), following
@@ -190,8 +196,8 @@ class S3Client:
                 query["delimiter"] = delimiter
             if token:
                 query["continuation-token"] = token
-            response = await self._request("GET", "", query=query)
-            document = ElementTree.fromstring(await _expect(response, 200))
+            answer = await self._request("GET", "", query=query)
+            document = ElementTree.fromstring(await answer.expect(200))
             keys.extend(element.text or "" for element in document.iter(f"{_NAMESPACE}Key"))
             token = document.findtext(f"{_NAMESPACE}NextContinuationToken") or ""
             if document.findtext(f"{_NAMESPACE}IsTruncated") != "true" or not token:
@@ -199,8 +205,8 @@ class S3Client:
 
     async def check(self) -> None:
         """Raise `S3Error` unless the bucket answers to these credentials."""
-        response = await self._request("HEAD", "")
-        await _expect(response, 200)
+        answer = await self._request("HEAD", "")
+        await answer.expect(200)
 
     async def _request(
         self,
@@ -208,9 +214,13 @@ class S3Client:
         key: str,
         headers: dict[str, str] | None = None,
         query: Mapping[str, str] | None = None,
-        body: Any = None,
-        timeout: float = REQUEST_TIMEOUT,
-    ) -> IResponse:
+        body: BinaryIO | None = None,
+    ) -> _Answer:
+        """Send a request; the answer's status and headers, its body still to be read.
+
+        The watchdog starts once the request is signed: it bounds connecting, sending the body,
+        and waiting for the answer, then (in `_Answer`) reading the answer's body.
+        """
         url = self.bucket.url(key, query)
         request = AWSRequest(method=method, url=url, headers=dict(headers or {}))
         try:
@@ -221,16 +231,198 @@ class S3Client:
             raise S3Error(0, "NoCredentials", f"AWS credentials: {error}") from error
         _UnsignedPayloadAuth(credentials, "s3", self.bucket.region or "us-east-1").add_auth(request)
         signed = {name.encode(): [value.encode()] for name, value in request.headers.items()}
+        watchdog = _Watchdog(self._reactor, self._timeout, urlsplit(url).netloc)
+        producer = None
+        if body is not None:
+            producer = _WatchedBody(body, watchdog.progress)
+            watchdog.allow(producer.length)
         sending = self._http.request(
-            method,
-            url.encode("ascii"),
-            headers=signed,
-            data=FileBodyProducer(body) if body is not None else None,
-            timeout=timeout,
+            method, url.encode("ascii"), headers=signed, data=producer, unbuffered=True
         )
-        host = urlsplit(url).netloc
-        response: IResponse = await _guarded(sending, f"{host} could not be reached")
-        return response
+        watchdog.cut(sending)
+        try:
+            response: IResponse = await sending
+        except Exception as error:
+            watchdog.stop()
+            raise watchdog.failure(error, "could not be reached") from error
+        watchdog.progress()
+        return _Answer(response, watchdog)
+
+
+class _Watchdog:
+    """The clock of one S3 request: it cuts off a request that stalls or drags, so that nothing
+    waits on a bucket that accepts connections and never answers.
+
+    Stalling is ``timeout`` seconds without progress: the connection not made, no piece of the
+    body taken by the socket, no answer, no byte of the answer's body.  Dragging is the whole
+    exchange outlasting twice ``timeout`` plus its bodies at `MINIMUM_RATE`: a bucket that
+    trickles a byte now and then is cut off too, while a large body on a slow but working link
+    is not.
+    """
+
+    def __init__(self, reactor: IReactorTime, timeout: float, host: str) -> None:
+        self._timeout = timeout
+        self._host = host
+        self._allowed = 2 * timeout
+        self._target: Deferred[Any] | None = None
+        self.expired = ""
+        self._stall = reactor.callLater(timeout, self._expire, f"nothing for {timeout:g} s")
+        self._whole = reactor.callLater(self._allowed, self._dragged)
+
+    def cut(self, target: Deferred[Any]) -> None:
+        """Cancel ``target`` (the step the request is at) when time runs out, or now if it has."""
+        self._target = target
+        if self.expired:
+            target.cancel()
+
+    def progress(self) -> None:
+        if self._stall.active():
+            self._stall.reset(self._timeout)
+
+    def allow(self, size: int) -> None:
+        """Give the whole exchange time for ``size`` more bytes of body."""
+        if self._whole.active():
+            self._allowed += size / MINIMUM_RATE
+            self._whole.delay(size / MINIMUM_RATE)
+
+    def stop(self) -> None:
+        for call in (self._stall, self._whole):
+            if call.active():
+                call.cancel()
+
+    def failure(self, error: Exception, what: str) -> Exception:
+        """What a failed step raises: `S3Error` (``Timeout`` once time ran out), or the
+        cancellation itself when the caller cancelled (a server stopping)."""
+        if self.expired:
+            return S3Error(0, "Timeout", f"{self._host} timed out: {self.expired}")
+        if _cancelled(error):
+            return CancelledError()
+        return S3Error(0, "Unreachable", f"{self._host} {what}: {error}")
+
+    def _dragged(self) -> None:
+        self._expire(f"not done in {self._allowed:.3g} s")
+
+    def _expire(self, why: str) -> None:
+        self.stop()
+        self.expired = why
+        if self._target is not None:
+            self._target.cancel()
+
+
+def _cancelled(error: Exception) -> bool:
+    """Whether ``error`` is a cancellation, or the HTTP client's wrapping of one (its errors carry
+    the failures they wrap as ``reasons``)."""
+    reasons: list[Failure] = getattr(error, "reasons", [])
+    return isinstance(error, CancelledError) or any(r.check(CancelledError) for r in reasons)
+
+
+class _WatchedBody(FileBodyProducer):
+    """A file as a request body, telling the watchdog of each piece handed to the connection
+    (which takes more only as the socket drains, so a peer that stops reading stalls it)."""
+
+    def __init__(self, body: BinaryIO, progress: Callable[[], None]) -> None:
+        super().__init__(body)
+        self._progress = progress
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        return super().startProducing(_NotingConsumer(consumer, self._progress))
+
+
+@dataclass(frozen=True)
+class _NotingConsumer:
+    consumer: IConsumer
+    progress: Callable[[], None]
+
+    def write(self, data: bytes) -> None:
+        self.consumer.write(data)
+        self.progress()
+
+
+class _Answer:
+    """S3's answer to one request: status and headers here, the body read under the request's
+    watchdog, which stops once the body is in (or the read fails)."""
+
+    def __init__(self, response: IResponse, watchdog: _Watchdog) -> None:
+        self._response = response
+        self._watchdog = watchdog
+
+    @property
+    def code(self) -> int:
+        return self._response.code
+
+    @property
+    def length(self) -> int | object:
+        return self._response.length
+
+    async def receive(self, sink: Callable[[bytes], object]) -> None:
+        """Hand the body to ``sink`` as it arrives."""
+        if self._response.length is not UNKNOWN_LENGTH:
+            self._watchdog.allow(self._response.length)
+        receiver = _Receiver(sink, self._watchdog.progress)
+        self._response.deliverBody(receiver)
+        self._watchdog.cut(receiver.done)
+        try:
+            await receiver.done
+        except Exception as error:
+            raise self._watchdog.failure(error, "cut the answer off") from error
+        finally:
+            self._watchdog.stop()
+
+    async def read(self) -> bytes:
+        pieces: list[bytes] = []
+        await self.receive(pieces.append)
+        return b"".join(pieces)
+
+    async def expect(self, status: int, keep_body: bool = False) -> bytes:
+        """The body of an answer with ``status`` (none yet with ``keep_body``: the caller reads
+        it); `S3Error` for any other status."""
+        if self.code == status or (status == 204 and self.code == 200):
+            return b"" if keep_body else await self.read()
+        body = await self.read()
+        # A HEAD's error has no body: the reason phrase is all there is to say why.
+        reason = body.decode("utf-8", "replace")[:200] or self._response.phrase.decode("latin-1")
+        code, message = f"Http{self.code}", reason
+        if body.startswith(b"<"):
+            try:
+                document = ElementTree.fromstring(body)
+                code = document.findtext("Code") or code
+                message = document.findtext("Message") or message
+            except ElementTree.ParseError:
+                pass
+        raise S3Error(self.code, code, message)
+
+
+class _Receiver(protocol.Protocol):
+    """Receives an answer's body into a sink; ``done`` fires when it is all in.  Cancelling
+    ``done`` (the watchdog, or a caller going away) drops the connection."""
+
+    def __init__(self, sink: Callable[[bytes], object], progress: Callable[[], None]) -> None:
+        self._sink = sink
+        self._progress = progress
+        self.done: Deferred[None] = Deferred(lambda _: self._drop())
+
+    def dataReceived(self, data: bytes) -> None:
+        self._progress()
+        try:
+            self._sink(data)
+        except Exception:
+            self._finish(Failure())
+            self._drop()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._finish(None if reason.check(ResponseDone, PotentialDataLoss) else reason)
+
+    def _drop(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _finish(self, failure: Failure | None) -> None:
+        if self.done.called:
+            return
+        if failure is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(failure)
 
 
 class _UnsignedPayloadAuth(S3SigV4Auth):
@@ -239,34 +431,3 @@ class _UnsignedPayloadAuth(S3SigV4Auth):
 
     def _should_sha256_sign_payload(self, request: AWSRequest) -> bool:
         return False
-
-
-async def _guarded(operation: Deferred[Any], what: str) -> Any:
-    """Await a network operation, turning any failure (refused, reset, timed out) into `S3Error`."""
-    try:
-        return await operation
-    except S3Error:
-        raise
-    except Exception as error:
-        raise S3Error(0, "Unreachable", f"{what}: {error}") from error
-
-
-async def _read(response: IResponse) -> bytes:
-    body: bytes = await _guarded(treq.content(response), "the response was cut off")
-    return body
-
-
-async def _expect(response: IResponse, status: int, keep_body: bool = False) -> bytes:
-    """Return the body of a response with ``status``; raise `S3Error` for anything else."""
-    if response.code == status or (status == 204 and response.code == 200):
-        return b"" if keep_body else await _read(response)
-    body = await _read(response)
-    code, message = f"Http{response.code}", body.decode("utf-8", "replace")[:200]
-    if body.startswith(b"<"):
-        try:
-            document = ElementTree.fromstring(body)
-            code = document.findtext("Code") or code
-            message = document.findtext("Message") or message
-        except ElementTree.ParseError:
-            pass
-    raise S3Error(response.code, code, message)

@@ -67,13 +67,24 @@ class Engine(service.MultiService):
         if config.effective_uploader == "s3":
             bucket = Bucket(config.aws_bucket, config.aws_region, config.s3_endpoint)
             client = S3Client(
-                HTTPClient(agent), bucket, _credentials(config), reactor, config.s3_acl
+                HTTPClient(agent),
+                bucket,
+                _credentials(config),
+                reactor,
+                config.s3_timeout,
+                config.s3_acl,
             )
             self.remote = RemoteStore(client, config.remote_base_path, self.store)
             self.uploads = Uploader(
-                self.remote, self.store, self.metrics, reactor, config.uploader_concurrency
+                self.remote,
+                self.store,
+                self.metrics,
+                reactor,
+                config.uploader_concurrency,
+                config.s3_timeout,
             )
             self.metrics.watch_uploads(self.uploads)
+            self.metrics.watch_bucket(self.remote)
         self.uploads.setServiceParent(self)
         sinks: list[Events] = []
         self.webhooks: WebhookSender | None = None
@@ -169,7 +180,9 @@ class ImageServer(service.MultiService):
         self.store, self.metrics, self.pool = engine.store, engine.metrics, engine.pool
         self.remote, self.uploads, self.images = engine.remote, engine.uploads, engine.images
         remote = self.remote
-        self.lifecycle = Lifecycle(lambda: self.pool.ready and (remote is None or remote.reachable))
+        self.lifecycle = Lifecycle(
+            lambda: self.pool.ready, None if remote is None else lambda: remote.state
+        )
         main = MainApp(self.images, self.lifecycle, frozenset(config.extensions), config.outputs)
         resource, refuse_body = main.resource(), None
         if config.signatures_required:

@@ -4,6 +4,9 @@ Every file to upload is first written down in ``.pending/`` beside the store (a 
 marker per file), and crossed off only once the bucket has it.  A failed upload is retried with
 backoff, in the background, for as long as the server runs, and again after a restart: the markers
 are read back at start-up.  The garbage collector keeps any file that still has a marker.
+
+A client waits for its files' upload only while the bucket is working: once a request to it goes
+silent for ``--s3-timeout`` seconds, the client is answered and the file left to the background.
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
+from enum import Enum
 from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import (
+    CancelledError,
     Deferred,
     DeferredList,
     DeferredLock,
     DeferredSemaphore,
+    TimeoutError,
     ensureDeferred,
 )
 from twisted.internet.interfaces import IReactorTime
@@ -38,6 +44,12 @@ PENDING_DIRECTORY = ".pending"
 # Seconds between the tries of one upload: quick ones while a client waits, then slower, for ever.
 QUICK_RETRIES = (1.0, 4.0)
 BACKGROUND_DELAYS = (1.0, 4.0, 15.0, 60.0, 300.0)
+
+
+class _Outcome(Enum):
+    STORED = "stored"  # this version of the file is in the bucket, or there is nothing to upload
+    FAILED = "failed"  # the bucket said no, or refused the connection: worth a quick retry
+    SILENT = "silent"  # the bucket went silent, or no upload slot came free: a retry waits as long
 
 
 class Uploads(Protocol):
@@ -81,6 +93,7 @@ class Uploader(Service):
         metrics: Metrics,
         reactor: IReactorTime,
         concurrency: int,
+        timeout: float,
         quick_retries: Sequence[float] = QUICK_RETRIES,
         background_delays: Sequence[float] = BACKGROUND_DELAYS,
     ) -> None:
@@ -88,6 +101,7 @@ class Uploader(Service):
         self.store = store
         self.metrics = metrics
         self.reactor = reactor
+        self.timeout = timeout
         self.quick_retries = quick_retries
         self.background_delays = background_delays
         self.journal = os.path.join(store.base, PENDING_DIRECTORY)
@@ -122,9 +136,10 @@ class Uploader(Service):
     def store_now(self, files: Sequence[tuple[str, str]]) -> Deferred[None]:
         """Upload ``(relative, content_type)`` files while a client waits.
 
-        A few quick tries each; a file that still fails stays in the journal and goes on being
-        retried in the background, so the caller is never failed by the bucket: its files are
-        safe on local disk until they are uploaded.
+        A few quick tries each, ended at once by a bucket gone silent; a file that still fails
+        stays in the journal and goes on being retried in the background, so the caller is never
+        failed, nor held for long, by the bucket: its files are safe on local disk until they are
+        uploaded.
         """
         for relative, content_type in files:
             self._write_marker(relative, content_type)
@@ -143,8 +158,11 @@ class Uploader(Service):
             if delay:
                 await deferLater(self.reactor, delay, lambda: None)
             last = attempt == len(delays)
-            if await self._try(relative, content_type, self._now_slots, last):
+            outcome = await self._try(relative, content_type, self._now_slots, last, self.timeout)
+            if outcome is _Outcome.STORED:
                 return
+            if outcome is _Outcome.SILENT:
+                break
         self._retry_in_background(relative, content_type)
 
     def _retry_in_background(
@@ -168,46 +186,68 @@ class Uploader(Service):
         delay = next(delays) if first_delay is None else first_delay
         while self.running:
             await deferLater(self.reactor, delay, lambda: None)
-            if await self._try(relative, content_type, self._background_slots, last=True):
+            outcome = await self._try(relative, content_type, self._background_slots, True, None)
+            if outcome is _Outcome.STORED:
                 return
             delay = next(delays, longest)
 
     async def _try(
-        self, relative: str, content_type: str, slots: DeferredSemaphore, last: bool
-    ) -> bool:
-        """One upload; True once this version of the file is in the bucket (or it is gone)."""
+        self,
+        relative: str,
+        content_type: str,
+        slots: DeferredSemaphore,
+        last: bool,
+        patience: float | None,
+    ) -> _Outcome:
+        """One upload, waiting ``patience`` seconds at most for a slot (None: as long as it
+        takes); ``last`` logs a failure."""
         key_lock = self._keys.setdefault(relative, DeferredLock())
         await key_lock.acquire()
         try:
-            return await self._put(relative, content_type, slots, last)
+            return await self._put(relative, content_type, slots, last, patience)
         finally:
             key_lock.release()
             if not key_lock.locked and not key_lock.waiting:
                 self._keys.pop(relative, None)
 
     async def _put(
-        self, relative: str, content_type: str, slots: DeferredSemaphore, last: bool
-    ) -> bool:
+        self,
+        relative: str,
+        content_type: str,
+        slots: DeferredSemaphore,
+        last: bool,
+        patience: float | None,
+    ) -> _Outcome:
         before = _fingerprint(self.store.path(relative))
         if before is None:
             self._cross_off(relative)  # deleted or never written: nothing to keep
-            return True
-        await slots.acquire()
+            return _Outcome.STORED
+        # Slots held by requests to a silent bucket free up only as those time out, one batch
+        # after another: a client would wait for all of them.
+        acquiring = slots.acquire()
+        if patience is not None:
+            acquiring.addTimeout(patience, self.reactor)
+        try:
+            await acquiring
+        except TimeoutError:
+            return _Outcome.SILENT
         try:
             with self.metrics.upload_seconds.time():
                 await self.remote.put(relative, content_type)
+        except CancelledError:
+            raise  # the server is stopping; the file stays in the journal
         except Exception as error:
             code = error.code if isinstance(error, S3Error) else type(error).__name__
             self.metrics.upload_failures.labels(code).inc()
-            if last:
+            if last or code == "Timeout":
                 log.warn("upload of {path} failed, will retry: {error}", path=relative, error=error)
-            return False
+            return _Outcome.SILENT if code == "Timeout" else _Outcome.FAILED
         finally:
             slots.release()
         if _fingerprint(self.store.path(relative)) != before:
-            return False  # replaced while it was uploading: upload the new version too
+            return _Outcome.FAILED  # replaced while it was uploading: upload the new version too
         self._cross_off(relative)
-        return True
+        return _Outcome.STORED
 
     def _marker(self, relative: str) -> str:
         return os.path.join(self.journal, hashlib.md5(relative.encode()).hexdigest() + ".json")

@@ -3,6 +3,7 @@
 One moto process serves the whole test run (started on first use, stopped at exit); every test
 gets a bucket of its own.  The first three requests moto answers unsigned create an IAM user and
 its keys; from then on every request must be signed with them, so a badly signed request fails.
+Around it: a proxy that fails requests on purpose, and a bucket that never answers.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from typing import Any
 import botocore.session
 import treq
 from treq.client import HTTPClient
-from twisted.internet import reactor
+from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IAddress
+from twisted.internet.task import LoopingCall
+from twisted.protocols.portforward import ProxyFactory
 from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -195,3 +199,63 @@ class FaultyProxy(resource.Resource):
 
     def gets_of(self, key_part: str) -> int:
         return sum(1 for method, path in self.requests if method == "GET" and key_part in path)
+
+
+class _Silent(protocol.Protocol):
+    """Accepts a connection and says nothing, or only what its `SilentBucket` is set to say."""
+
+    def __init__(self, bucket: SilentBucket) -> None:
+        self.bucket = bucket
+        self.asked = False
+        self.trickling = LoopingCall(lambda: self.transport.write(b"x"))  # type: ignore[union-attr]
+
+    def connectionMade(self) -> None:
+        self.bucket.connections.append(self)
+        if not self.bucket.reads:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.asked:
+            return
+        self.asked = True
+        self.transport.write(self.bucket.prefix)  # type: ignore[union-attr]
+        if self.bucket.trickle:
+            self.trickling.start(0.3)
+
+    def connectionLost(self, reason: object = None) -> None:
+        if self.trickling.running:
+            self.trickling.stop()
+
+
+class SilentBucket(protocol.Factory):
+    """A TCP server on 127.0.0.1 that accepts connections and never answers, as a proxy in front
+    of an unreachable S3 does, until `forward_to` makes it forward new connections to a real one.
+
+    ``reads = False`` leaves what is sent unread (the sender's buffers fill up); ``prefix`` is
+    written on each connection once asked, before the silence (an answer that stops half-way), and
+    ``trickle`` then sends a byte every 0.3 s.
+    """
+
+    def __init__(self, testcase: unittest.TestCase) -> None:
+        self.connections: list[_Silent] = []
+        self.reads = True
+        self.prefix = b""
+        self.trickle = False
+        self._forward: ProxyFactory | None = None
+        self.port = reactor.listenTCP(0, self, interface="127.0.0.1")
+        testcase.addCleanup(self.close)
+        self.endpoint = f"http://127.0.0.1:{self.port.getHost().port}"
+
+    def buildProtocol(self, addr: IAddress) -> protocol.Protocol | None:
+        if self._forward is not None:
+            return self._forward.buildProtocol(addr)
+        return _Silent(self)
+
+    def forward_to(self, endpoint: str) -> None:
+        host, port = endpoint.removeprefix("http://").split(":")
+        self._forward = ProxyFactory(host, int(port))
+
+    async def close(self) -> None:
+        for connection in self.connections:
+            connection.transport.abortConnection()  # type: ignore[union-attr]
+        await self.port.stopListening()

@@ -33,6 +33,9 @@ class AdminTests(ServerTestCase):
         self.server.pool.ready = False
         response = await request("GET", f"{self.url}/status_check")
         self.assertEqual(response.code, 503)
+        ready = await request("GET", f"{self.admin_url}/probe/ready")
+        expected = {"message": "Not ready: the image workers are starting"}
+        self.assertEqual((ready.code, ready.json()), (503, expected))
 
     async def test_metrics_count_what_was_done(self) -> None:
         await self.start_server()

@@ -130,6 +130,15 @@ class OptionTests(SynchronousTestCase):
         both = {"IMAGE_SERVER_S3_ENDPOINT": "http://a", "AWS_ENDPOINT_URL_S3": "http://b"}
         self.assertEqual(parse([], both).s3_endpoint, "http://a")
 
+    def test_s3_timeout(self) -> None:
+        """Seconds, a few by default; both spellings and the environment; never 0 (no bound)."""
+        self.assertEqual(parse([]).s3_timeout, 5)
+        self.assertEqual(Config.flag_name("s3_timeout"), "s3-timeout")
+        self.assertEqual(parse(["--s3_timeout", "2"]).s3_timeout, 2)
+        self.assertEqual(parse([], {"IMAGE_SERVER_S3_TIMEOUT": "30"}).s3_timeout, 30)
+        error = self.assertRaises(UsageError, parse, ["--s3-timeout", "0"])
+        self.assertEqual(str(error), "--s3-timeout: must be at least 1, got '0'")
+
     def test_signatures_need_a_secret(self) -> None:
         """A server asked for signatures must not run without a secret to check them with."""
         empty = self.mktemp()

@@ -132,11 +132,16 @@ class UploadTests(S3TestCase):
         self.assertEqual(set(proxy.payload_hashes), {"UNSIGNED-PAYLOAD"})
 
     async def test_wrong_secret(self) -> None:
-        """Every request is refused (403): uploads are kept locally and queued, ready says 503."""
+        """Every request is refused (403): uploads are kept locally and queued; the instance stays
+        ready, and says why the bucket is out of reach."""
         await self.start_s3_server(secret="not the secret")
-        await self.wait_for(lambda: not self.server.remote.reachable, "the first check")
+        await self.wait_for(lambda: self.server.remote.state != "unchecked", "the first check")
         ready = await request("GET", f"{self.admin_url}/probe/ready")
-        self.assertEqual(ready.code, 503)
+        self.assertEqual(ready.code, 200)
+        self.assertTrue(
+            ready.json()["bucket"].startswith("unreachable: S3 Http403 (403): "),
+            ready.json(),
+        )
         response = await self.upload(fixture("wine.jpg"))
         self.assertEqual(response.code, 200)
         self.assertEqual(self.objects(), {})
@@ -147,10 +152,16 @@ class UploadTests(S3TestCase):
         self.assertIn("image_server_s3_uploads_pending 2.0", page)
 
     async def test_unreachable_bucket_at_start(self) -> None:
-        """The server starts, takes uploads and serves local files; ready is 503."""
+        """The server starts, takes uploads and serves local files, and stays ready: readiness is
+        the instance's own state, the bucket's is reported beside it."""
         await self.start_s3_server(endpoint=f"http://127.0.0.1:{free_port()}")
-        self.assertEqual((await request("GET", f"{self.admin_url}/probe/ready")).code, 503)
-        self.assertEqual((await request("GET", f"{self.url}/status_check")).code, 503)
+        await self.wait_for(lambda: self.server.remote.state != "unchecked", "the first check")
+        ready = await request("GET", f"{self.admin_url}/probe/ready")
+        self.assertEqual(ready.code, 200)
+        self.assertEqual(ready.json()["message"], "OK")
+        self.assertTrue(ready.json()["bucket"].startswith("unreachable: "), ready.json())
+        status = await request("GET", f"{self.url}/status_check")
+        self.assertEqual((status.code, status.json()), (200, {"message": "OK"}))
         await self.upload_wine()
         response = await request("GET", f"{self.url}/p/{WINE_DIR}/w100.jpg")
         self.assertEqual(response.code, 200)
@@ -206,7 +217,7 @@ class RaceTests(S3TestCase):
         self.assertIn(f"{WINE_KEY}/original", self.objects())
 
     async def test_no_credentials_anywhere(self) -> None:
-        """The AWS chain finds nothing: uploads wait in the journal and ready says 503."""
+        """The AWS chain finds nothing: uploads wait in the journal, ready says why."""
         self.moto = moto()
         self.bucket = self.moto.new_bucket()
         environment = {
@@ -222,8 +233,10 @@ class RaceTests(S3TestCase):
             aws_bucket=self.bucket, s3_endpoint=self.moto.endpoint, aws_region="us-east-1"
         )
         self.server.uploads.quick_retries = ()
-        await self.wait_for(lambda: not self.server.remote.reachable, "the check")
-        self.assertEqual((await request("GET", f"{self.admin_url}/probe/ready")).code, 503)
+        await self.wait_for(lambda: self.server.remote.state != "unchecked", "the check")
+        ready = await request("GET", f"{self.admin_url}/probe/ready")
+        self.assertEqual(ready.code, 200)
+        self.assertRegex(ready.json()["bucket"], r"^unreachable: .*credentials")
         await self.upload_wine()
         self.assertEqual(self.server.uploads.pending, 2)
         page = (await request("GET", f"{self.admin_url}/metrics")).body.decode()
@@ -431,6 +444,7 @@ class ClientTests(S3TestCase):
             Bucket("no-such-bucket", "us-east-1", self.moto.endpoint),
             client._credentials,
             reactor,
+            timeout=5,
         )
         error = await self.assertFailure(ensureDeferred(missing_bucket.list_keys("")), S3Error)
         self.assertEqual((error.status, error.code), (404, "NoSuchBucket"))
