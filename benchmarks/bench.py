@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fixtures, load, procs, report, servers
-from benchmarks.operations import BY_KEY, OPERATIONS, Operation, work_list
+from benchmarks.operations import BEYOND, BY_KEY, OPERATIONS, Operation, work_list
 from imageserver.processing.placement import usable_cpus
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -121,6 +121,7 @@ def measure_load(
     connections: int,
     max_requests: int,
     body: Path | None = None,
+    headers: tuple[str, ...] = (),
 ) -> Result:
     """One wrk run with the server tree's CPU time and per-process peak RSS around it.
 
@@ -135,7 +136,7 @@ def measure_load(
     cpu_before = procs.tree_cpu_seconds(root_pid)
     main_before = procs.own_cpu_seconds(root_pid)
     other = OtherLoad()
-    result = load.run(base_url, paths, seconds, connections, max_requests, body)
+    result = load.run(base_url, paths, seconds, connections, max_requests, body, headers=headers)
     cpu_during = procs.tree_cpu_seconds(root_pid) - cpu_before
     other_cores, wrk_cores = other.stop(cpu_during)
     pids = procs.tree(root_pid)
@@ -238,8 +239,12 @@ def phase_misses(
         for operation in operations:
             work = work_list(key, operation, len(files))
             names = [(copy, operation.ours(sizes)) for copy, sizes in work]
-            jobs = [[str(DATA / "sources" / files[copy]), name] for copy, name in names]
+            jobs = [
+                [str(DATA / "sources" / files[copy]), operation.limit_name(sizes)]
+                for copy, sizes in work
+            ]
             paths = [_image_path(NAMESPACE, hashes[key][copy], name) for copy, name in names]
+            headers = (f"Accept: {operation.accept}",) if operation.accept else ()
             thumbor_paths = [
                 f"/unsafe/{operation.thumbor(sizes)}/{files[copy]}" for copy, sizes in work
             ]
@@ -254,7 +259,13 @@ def phase_misses(
                     settle()
                     if side == "ours":
                         measured["ours"] = measure_load(
-                            server.pid, server.url, paths[offset:], seconds, connections, len(paths)
+                            server.pid,
+                            server.url,
+                            paths[offset:],
+                            seconds,
+                            connections,
+                            len(paths),
+                            headers=headers,
                         )
                         offset += measured["ours"]["requests"] + connections
                         continue
@@ -463,7 +474,7 @@ def run(arguments: argparse.Namespace) -> Result:
     operations = (
         [BY_KEY[key] for key in arguments.operations.split(",")]
         if arguments.operations
-        else list(OPERATIONS)
+        else list(OPERATIONS + BEYOND)
     )
     phases = set(arguments.phases.split(","))
     print("Preparing the source images", flush=True)

@@ -50,19 +50,8 @@ def _work(
 
     def render(source: str, name: str) -> None:
         variant = parse_name(name, quality, maximum)
-        output_format = variant.output_format
-        assert output_format is not None
         destination = os.path.join(scratch, f"{index}-{name}")
-        operations.render(
-            source,
-            destination,
-            variant.width,
-            variant.height,
-            variant.quality,
-            output_format,
-            spec["max_pixels"],
-            maximum,
-        )
+        operations.render(source, destination, variant, spec["max_pixels"], maximum)
         os.remove(destination)
 
     render(*jobs[0])  # codecs loaded, caches warm: as in a worker that has run a job

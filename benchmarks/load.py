@@ -45,6 +45,7 @@ def run(
     max_requests: int,
     body: Path | None = None,
     timeout: float = 30.0,
+    headers: tuple[str, ...] = (),
 ) -> LoadResult:
     """Run wrk for `seconds` over `paths` (in order, each once unless `max_requests` is larger).
 
@@ -60,6 +61,7 @@ def run(
         f"-c{connections}",
         f"-d{max(1, round(seconds))}s",
         f"--timeout={int(timeout)}s",
+        *(option for header in headers for option in ("-H", header)),
         "-s",
         str(SCRIPT),
         base_url,

@@ -26,6 +26,12 @@ class Operation:
     sizes: Callable[[], list[Sizes]]
     ours: Callable[[Sizes], str]  # variant name
     thumbor: Callable[[Sizes], str]  # thumbor path before the image's file name
+    accept: str = ""  # the requests' Accept header, for .auto names
+    made: Callable[[Sizes], str] | None = None  # what the worker makes, when not `ours`
+
+    def limit_name(self, sizes: Sizes) -> str:
+        """The name the limit renders: the concrete file an ``.auto`` name is answered with."""
+        return (self.made or self.ours)(sizes)
 
     @property
     def jpeg_or_webp(self) -> bool:
@@ -75,7 +81,35 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )
 
-BY_KEY = {operation.key: operation for operation in OPERATIONS}
+# Beyond the Go grammar, against thumbor's equivalents (its smart crop needs no detector
+# configured: without one it falls back to its own feature detection, as ours uses libvips').
+BEYOND: tuple[Operation, ...] = (
+    Operation(
+        "x200-gsmart.webp",
+        "webp",
+        lambda: [(w,) for w in _span(100, 300)],
+        lambda s: f"x{s[0]}-gsmart.webp",
+        lambda s: f"{s[0]}x{s[0]}/smart/filters:format(webp)",
+    ),
+    Operation(
+        "300x200-fit.jpg",
+        "jpeg",
+        lambda: list(product(_span(250, 350), _span(180, 220))),
+        lambda s: f"{s[0]}x{s[1]}-fit.jpg",
+        lambda s: f"fit-in/{s[0]}x{s[1]}/filters:format(jpeg)",
+    ),
+    Operation(
+        "x200.auto",
+        "avif",
+        lambda: [(w,) for w in _span(100, 300)],
+        lambda s: f"x{s[0]}.auto",
+        lambda s: f"{s[0]}x{s[0]}/filters:format(avif)",
+        accept="image/avif,image/webp,image/apng,image/*,*/*;q=0.8",  # Chrome's, for images
+        made=lambda s: f"x{s[0]}.avif",
+    ),
+)
+
+BY_KEY = {operation.key: operation for operation in OPERATIONS + BEYOND}
 
 
 def work_list(source_key: str, operation: Operation, copies: int) -> list[tuple[int, Sizes]]:

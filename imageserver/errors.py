@@ -126,3 +126,10 @@ class VariantLimit(ImageServerError):
 
     status = 403
     code = "variant_limit"
+
+
+class VariantNotAllowed(ImageServerError):
+    """A variant that ``--allowed-variants`` leaves out, asked for without a signature."""
+
+    status = 403
+    code = "variant_not_allowed"

@@ -10,10 +10,30 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, unquote
 
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from imageserver.signature import SignatureError, Validator, should_validate
+
+
+def is_signed(validator: Validator, request: IRequest) -> bool:
+    """Whether a request carries a valid signature, required or not."""
+    try:
+        validator.validate(*_signed_parts(request.method, request.uri))
+    except SignatureError:
+        return False
+    return True
+
+
+def _signed_parts(method: bytes, uri: bytes) -> tuple[str, str, dict[str, str]]:
+    """The method, the decoded path and the query (the first value of each parameter, blank
+    ones included, as Go's ``Query().Get``) that a signature covers."""
+    raw_path, _, raw_query = uri.decode("utf-8", "surrogateescape").partition("?")
+    path = unquote(raw_path, errors="surrogateescape")
+    parsed = parse_qs(raw_query, keep_blank_values=True, errors="surrogateescape")
+    query = {name: values[0] for name, values in parsed.items()}
+    return method.decode("ascii", "replace"), path, query
 
 
 class SignatureGuard(Resource):
@@ -29,13 +49,8 @@ class SignatureGuard(Resource):
 
     def check(self, method: bytes, uri: bytes) -> None:
         """Raise `SignatureError` unless a request for ``uri`` may go through."""
-        text_method = method.decode("ascii", "replace")
-        raw_path, _, raw_query = uri.decode("utf-8", "surrogateescape").partition("?")
-        path = unquote(raw_path, errors="surrogateescape")
+        text_method, path, query = _signed_parts(method, uri)
         if should_validate(text_method, path, self.for_reads):
-            # The first value of each parameter, blank ones included, as Go's Query().Get.
-            parsed = parse_qs(raw_query, keep_blank_values=True, errors="surrogateescape")
-            query = {name: values[0] for name, values in parsed.items()}
             self.validator.validate(text_method, path, query)
 
     def refuses(self, method: bytes, uri: bytes) -> bool:

@@ -7,6 +7,7 @@ variant, the same remote file or the same source URL share one job.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import time
@@ -18,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail,
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imageserver import mime, paths
+from imageserver import mime, negotiate, paths
 from imageserver.coalesce import Coalescer
 from imageserver.errors import (
     BodyTooLarge,
@@ -28,6 +29,7 @@ from imageserver.errors import (
     NotFound,
     Overloaded,
     StorageUnavailable,
+    VariantNotAllowed,
 )
 from imageserver.events import (
     BatchComplete,
@@ -42,6 +44,7 @@ from imageserver.fetch import SourceDownloader
 from imageserver.info import ImageDetails
 from imageserver.metrics import Metrics
 from imageserver.names import (
+    AUTO,
     INFO_JSON,
     ORIGINAL,
     RESERVED_NAMES,
@@ -50,10 +53,13 @@ from imageserver.names import (
     check_servable,
     full_size_alias,
     is_generated,
+    is_variant_name,
     parse_name,
+    variant_allowed,
 )
 from imageserver.processing.pool import WorkerPool
-from imageserver.quota import VariantQuota
+from imageserver.quota import REMEMBERED_IMAGES, VariantQuota
+from imageserver.recent import Recent
 from imageserver.remote import RemoteStore
 from imageserver.s3 import S3Error
 from imageserver.spool import MINIMUM_IMAGE_BYTES, Spool
@@ -78,6 +84,7 @@ class ImageLimits:
     maximum_width: int
     max_source_pixels: int
     max_variants_per_image: int = 0
+    allowed_variants: tuple[str, ...] = ()
 
 
 class Images:
@@ -107,6 +114,7 @@ class Images:
         self._variants: Coalescer[str] = Coalescer()
         self._sources: Coalescer[ImageDetails] = Coalescer()
         self.quota = VariantQuota(limits.max_variants_per_image, self._present)
+        self._alpha: Recent[tuple[str, str], bool] = Recent(REMEMBERED_IMAGES)
 
     def parse(self, name: str) -> Variant:
         return parse_name(name, self.limits.default_quality, self.limits.maximum_width)
@@ -195,20 +203,33 @@ class Images:
         await self.uploads.store_now([(relative, mime.for_name(name))])
 
     async def resolve(
-        self, namespace: str, image_hash: str, name: str, allowed_extensions: frozenset[str]
+        self,
+        namespace: str,
+        image_hash: str,
+        name: str,
+        allowed_extensions: frozenset[str],
+        any_variant: bool = False,
     ) -> str:
         """The file that answers a GET for ``name``: stored here, else read back, else made.
 
         A stored file is served before its name is judged (as the Go server's static handler
-        did), so files another version wrote, say ``x200-q0.jpg``, stay reachable.
+        did), so files another version wrote, say ``x200-q0.jpg``, stay reachable; only
+        ``--allowed-variants`` applies to it.  ``any_variant``: the request is signed, and may
+        ask for variants the allow-list leaves out.
         """
         local = self.local_file(namespace, image_hash, name)
         if local is not None:
+            self.check_stored_allowed(name, any_variant)
             return local
-        return await self.obtain(namespace, image_hash, name, allowed_extensions)
+        return await self.obtain(namespace, image_hash, name, allowed_extensions, any_variant)
 
     async def obtain(
-        self, namespace: str, image_hash: str, name: str, allowed_extensions: frozenset[str]
+        self,
+        namespace: str,
+        image_hash: str,
+        name: str,
+        allowed_extensions: frozenset[str],
+        any_variant: bool = False,
     ) -> str:
         """`resolve` for a file just found missing here: read back from the bucket, else made."""
         check_file_name(name)
@@ -218,6 +239,7 @@ class Images:
             variant, refusal = None, error
         if variant is not None and not variant.custom:
             check_servable(variant, allowed_extensions)
+            self._check_allowed(variant, any_variant)
             return await self.variant(namespace, image_hash, variant, looked=Looked.HERE)
         # The original, info.json, an attachment, or a file made elsewhere: the bucket may have it.
         relative = paths.relative_path(namespace, image_hash, name)
@@ -227,7 +249,56 @@ class Images:
         if variant is None:
             raise refusal
         check_servable(variant, allowed_extensions)
-        return await self.variant(namespace, image_hash, self._generated(variant))
+        generated = self._generated(variant)
+        self._check_allowed(generated, any_variant)
+        return await self.variant(namespace, image_hash, generated)
+
+    def check_stored_allowed(self, name: str, any_variant: bool) -> None:
+        """`_check_allowed` for a file found stored: only names of the variant grammar are
+        variants (the original, ``info.json`` and attachments are not)."""
+        if self.limits.allowed_variants and not any_variant and is_variant_name(name):
+            with contextlib.suppress(InvalidParameter):  # a file of another version's grammar
+                self._check_allowed(self.parse(name), any_variant)
+
+    def _check_allowed(self, variant: Variant, any_variant: bool) -> None:
+        """Refuse a variant ``--allowed-variants`` leaves out, unless the request is signed."""
+        patterns = self.limits.allowed_variants
+        if not any_variant and not variant.custom and not variant_allowed(variant, patterns):
+            raise VariantNotAllowed(
+                f"{variant.name}: this server makes only the variants of"
+                f" --allowed-variants ({','.join(patterns)})"
+            )
+
+    async def negotiate(
+        self,
+        namespace: str,
+        image_hash: str,
+        name: str,
+        accept: str,
+        allowed_extensions: frozenset[str],
+    ) -> str:
+        """The concrete name an ``.auto`` name stands for in a request with this ``Accept``:
+        AVIF, else WebP, else JPEG, or PNG when the original has alpha."""
+        variant = self.parse(name)
+        check_servable(variant, allowed_extensions)
+        extension = negotiate.preferred_extension(accept, allowed_extensions)
+        if extension is None:
+            alpha = await self._has_alpha(namespace, image_hash)
+            extension = negotiate.fallback_extension(alpha, allowed_extensions)
+        if extension is None:
+            raise NotFound("image not available: --extensions allows no format for .auto")
+        return variant.in_format(extension).name
+
+    async def _has_alpha(self, namespace: str, image_hash: str) -> bool:
+        """Whether an original has alpha; asked of a worker once, then remembered."""
+        key = (namespace, image_hash)
+        alpha = self._alpha.get(key)
+        if alpha is None:
+            await self._ensure_original(namespace, image_hash)
+            original = self.store.path(paths.relative_path(namespace, image_hash, ORIGINAL))
+            alpha = bool((await self.pool.inspect(original))["alpha"])
+            self._alpha[key] = alpha
+        return alpha
 
     def _generated(self, variant: Variant) -> Variant:
         """The variant that is made and stored for ``variant``: for a made-up name of a format
@@ -345,10 +416,8 @@ class Images:
                 source=self.store.path(source),
                 temporary=temporary,
                 destination=self.store.path(relative),
-                width=variant.width,
-                height=variant.height,
-                quality=variant.quality,
-                output_format=output_format,
+                name=variant.name,
+                default_quality=self.limits.default_quality,
                 max_pixels=self.limits.max_source_pixels,
                 max_dimension=self.limits.maximum_width,
             )
@@ -382,7 +451,12 @@ class Images:
         return self.store.path(relative)
 
     async def make_outputs(
-        self, namespace: str, image_hash: str, names: Sequence[str], source_url: str = ""
+        self,
+        namespace: str,
+        image_hash: str,
+        names: Sequence[str],
+        source_url: str = "",
+        any_variant: bool = False,
     ) -> None:
         """Make every named variant the store lacks, in parallel, then store them in the bucket.
 
@@ -390,10 +464,12 @@ class Images:
         uploaded), else by the local store.  The first error is raised once all jobs are done;
         a batch that succeeds ends with a ``batch_complete`` event.
         """
-        await self._make_outputs(namespace, image_hash, names)
+        await self._make_outputs(namespace, image_hash, names, any_variant)
         self.events.emit(BatchComplete(namespace, image_hash, source_url))
 
-    async def _make_outputs(self, namespace: str, image_hash: str, names: Sequence[str]) -> None:
+    async def _make_outputs(
+        self, namespace: str, image_hash: str, names: Sequence[str], any_variant: bool
+    ) -> None:
         await self._ensure_original(namespace, image_hash)
         if not names:
             self.metrics.versions_noop.labels(namespace).inc()
@@ -401,7 +477,13 @@ class Images:
         generated = (self._generated(self.parse(name)) for name in names)
         variants = list({variant.name: variant for variant in generated}.values())  # aliases once
         for variant in variants:
+            if variant.extension == AUTO:
+                raise InvalidParameter(
+                    f"{variant.name}: .auto is chosen per request; name a format"
+                    f" ({variant.stem}.avif, {variant.stem}.webp, {variant.stem}.jpg)"
+                )
             check_servable(variant, allowed_extensions=frozenset())
+            self._check_allowed(variant, any_variant)
         present = await self._present(paths.image_directory(namespace, image_hash))
         missing = [variant for variant in variants if variant.name not in present]
         if not missing:

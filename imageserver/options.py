@@ -104,6 +104,11 @@ class Config:
         check=_at_least(0),
     )
     outputs: tuple[str, ...] = _flag((), "Variants made on upload when the request names none.")
+    allowed_variants: tuple[str, ...] = _flag(
+        (),
+        "Shell patterns over variant names without extension (w200,x100*,300x200-fit): the only"
+        " variants unsigned requests may ask for (403 otherwise); empty for all.",
+    )
     namespace: str = _flag("", "Namespace (for the cli command).")
     processor_concurrency: int = _flag(
         len(usable_cpus()),
@@ -163,6 +168,7 @@ class Config:
             "admin_port", "allow_private_sources", "log_format", "s3_endpoint", "s3_acl",
             "s3_timeout", "max_queue", "processing_timeout", "worker_max_jobs", "pin_workers",
             "max_upload_bytes", "max_source_pixels", "max_variants_per_image", "require_signature",
+            "allowed_variants",
             "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
             "webhook_url", "webhook_secret", "webhook_timeout", "webhook_events",
         }

@@ -9,11 +9,11 @@ making it fails, so concurrent misses cannot slip past the ceiling together.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from imageserver.errors import VariantLimit
 from imageserver.names import is_variant_name
+from imageserver.recent import Recent
 
 # Images whose counts are remembered; the least recently used are listed again when next needed.
 REMEMBERED_IMAGES = 10_000
@@ -25,7 +25,7 @@ class VariantQuota:
     def __init__(self, limit: int, list_names: Callable[[str], Awaitable[set[str]]]) -> None:
         self.limit = limit
         self._list_names = list_names
-        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._counts: Recent[str, int] = Recent(REMEMBERED_IMAGES)
 
     async def admit(self, directory: str, name: str) -> None:
         """Count ``name`` as stored in ``directory``, or raise `VariantLimit`."""
@@ -35,22 +35,17 @@ class VariantQuota:
         if count is None:
             names = await self._list_names(directory)
             count = sum(1 for stored in names if is_variant_name(stored) and stored != name)
-            count = max(count, self._counts.get(directory, 0))  # admitted while listing
+            count = max(count, self._counts.get(directory) or 0)  # admitted while listing
         if count >= self.limit:
-            self._remember(directory, count)
+            self._counts[directory] = count
             raise VariantLimit(
                 f"{directory} has {count} stored variants, the most --max-variants-per-image"
                 f" allows: {name} is not made (ask for a stored one, or raise the limit)"
             )
-        self._remember(directory, count + 1)
+        self._counts[directory] = count + 1
 
     def give_back(self, directory: str) -> None:
         """A variant admitted but not stored after all (its job failed)."""
-        if directory in self._counts:
-            self._counts[directory] = max(self._counts[directory] - 1, 0)
-
-    def _remember(self, directory: str, count: int) -> None:
-        self._counts[directory] = count
-        self._counts.move_to_end(directory)
-        while len(self._counts) > REMEMBERED_IMAGES:
-            self._counts.popitem(last=False)
+        count = self._counts.get(directory)
+        if count:
+            self._counts[directory] = count - 1

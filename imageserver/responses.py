@@ -82,6 +82,7 @@ class CachedFile(Resource):
         self.name = relative.rpartition("/")[2]
         self.cache_control = cache_control(self.name).encode()
         self.identity = relative if is_generated(self.name) else None
+        self.extra_headers: dict[bytes, bytes] = {}
 
     def render_GET(self, request: Request) -> bytes | int:
         try:
@@ -111,6 +112,8 @@ class CachedFile(Resource):
         request.setHeader(b"Cache-Control", self.cache_control)
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Accept-Ranges", b"bytes")
+        for header, value in self.extra_headers.items():
+            request.setHeader(header, value)
         if not inline:
             request.setHeader(b"Content-Disposition", b"attachment")
         if_none_match = request.getHeader(b"If-None-Match")

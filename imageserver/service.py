@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from functools import partial
 from typing import Any
 
 from treq.client import HTTPClient
@@ -16,7 +17,7 @@ from imageserver.admin import AdminApp
 from imageserver.collector import GarbageCollector
 from imageserver.events import Events, Fanout
 from imageserver.fetch import SourceDownloader
-from imageserver.guard import SignatureGuard
+from imageserver.guard import SignatureGuard, is_signed
 from imageserver.images import ImageLimits, Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.metrics import Metrics
@@ -125,6 +126,7 @@ class Engine(service.MultiService):
             config.maximum_width,
             config.max_source_pixels,
             config.max_variants_per_image,
+            config.allowed_variants,
         )
         self.images = Images(
             self.store,
@@ -183,15 +185,21 @@ class ImageServer(service.MultiService):
         self.lifecycle = Lifecycle(
             lambda: self.pool.ready, None if remote is None else lambda: remote.state
         )
-        main = MainApp(self.images, self.lifecycle, frozenset(config.extensions), config.outputs)
+        validator = None
+        if config.signing_secrets_file:
+            secrets = SecretsFile(config.signing_secrets_file)
+            validator = Validator(secrets, config.signature_max_ttl)
+        main = MainApp(
+            self.images,
+            self.lifecycle,
+            frozenset(config.extensions),
+            config.outputs,
+            (lambda request: False) if validator is None else partial(is_signed, validator),
+        )
         resource, refuse_body = main.resource(), None
         if config.signatures_required:
-            secrets = SecretsFile(config.signing_secrets_file)
-            guard = SignatureGuard(
-                resource,
-                Validator(secrets, config.signature_max_ttl),
-                config.require_signature_for_reads,
-            )
+            assert validator is not None  # options require the secrets file
+            guard = SignatureGuard(resource, validator, config.require_signature_for_reads)
             resource, refuse_body = guard, guard.refuses
         self.site = ImageSite(
             resource,

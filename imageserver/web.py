@@ -7,7 +7,7 @@ one handler (DECISIONS D2).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -27,7 +27,7 @@ from imageserver.errors import BodyTooLarge, ImageServerError, NotFound, Overloa
 from imageserver.events import RequestTimed
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle
-from imageserver.names import split_outputs
+from imageserver.names import AUTO, is_variant_name, split_outputs
 from imageserver.responses import CachedFile, error_body, json_body
 from imageserver.site import Oversized
 from imageserver.spool import Spool
@@ -52,11 +52,15 @@ class MainApp:
         lifecycle: Lifecycle,
         allowed_extensions: frozenset[str],
         default_outputs: tuple[str, ...] = (),
+        is_signed: Callable[[IRequest], bool] = lambda request: False,
     ) -> None:
+        """``is_signed``: whether a request carries a valid signature, which lets it ask for
+        variants ``--allowed-variants`` leaves out."""
         self.images = images
         self.lifecycle = lifecycle
         self.allowed_extensions = allowed_extensions
         self.default_outputs = default_outputs
+        self.is_signed = is_signed
 
     def resource(self) -> IResource:
         return _Files(self, self.app.resource())
@@ -91,7 +95,9 @@ class MainApp:
                 outputs = _outputs(request)
                 if outputs is None:
                     outputs = list(self.default_outputs)
-                await self.images.make_outputs(namespace, details.hash, outputs, source or "")
+                await self.images.make_outputs(
+                    namespace, details.hash, outputs, source or "", self.any_variant(request)
+                )
             except Exception:
                 metrics.new_image_failed.inc()
                 raise
@@ -101,27 +107,54 @@ class MainApp:
     async def process(self, request: IRequest, namespace: str, **parts: str) -> bytes:
         image_hash = _image_hash(namespace, parts)
         with self.timed("resize_many"):
-            await self.images.make_outputs(namespace, image_hash, _outputs(request) or [])
+            await self.images.make_outputs(
+                namespace,
+                image_hash,
+                _outputs(request) or [],
+                any_variant=self.any_variant(request),
+            )
         request.setResponseCode(200)
         return b""
 
     @app.route(IMAGE + "/<name>", methods=["GET", "HEAD"])
     async def fetch(self, request: IRequest, namespace: str, name: str, **parts: str) -> IResource:
         """A file by a path with escapes (the others take `_Files`)."""
-        return await self.file(namespace, _image_hash(namespace, parts), name)
+        return await self.file(request, namespace, _image_hash(namespace, parts), name)
 
     async def file(
-        self, namespace: str, image_hash: str, name: str, missing_here: bool = False
+        self,
+        request: IRequest,
+        namespace: str,
+        image_hash: str,
+        name: str,
+        missing_here: bool = False,
     ) -> IResource:
         """A stored file, read back from the bucket or made first when need be.
 
         ``missing_here``: the caller has just looked in the local store, so it is not asked again.
+        An ``.auto`` name is answered with the file of the format the request's ``Accept`` picks,
+        which is what is stored; the answer says so (``Content-Location``) and that it depends on
+        ``Accept`` (``Vary``), so that caches keep one copy per format.
         """
-        images = self.images
-        find = images.obtain if missing_here else images.resolve
+        images, any_variant = self.images, self.any_variant(request)
         with self.timed("resize_image"):
-            path = await find(namespace, image_hash, name, self.allowed_extensions)
-        return _stored_file(path, namespace, image_hash, name)
+            served, varies = name, name.endswith("." + AUTO) and is_variant_name(name)
+            if varies:
+                accept = (request.getHeader(b"Accept") or b"").decode("latin-1")
+                served = await images.negotiate(
+                    namespace, image_hash, name, accept, self.allowed_extensions
+                )
+            find = images.obtain if missing_here and not varies else images.resolve
+            path = await find(namespace, image_hash, served, self.allowed_extensions, any_variant)
+        resource = _stored_file(path, namespace, image_hash, served)
+        if varies:
+            resource.extra_headers = {b"Vary": b"Accept", b"Content-Location": served.encode()}
+        return resource
+
+    def any_variant(self, request: IRequest) -> bool:
+        """Whether ``--allowed-variants`` is set aside for this request: it is signed.  Checked
+        only when there is an allow-list (a signature costs an HMAC per secret)."""
+        return bool(self.images.limits.allowed_variants) and self.is_signed(request)
 
     @app.route(IMAGE + "/<name>", methods=["POST"])
     async def attach(self, request: IRequest, namespace: str, name: str, **parts: str) -> bytes:
@@ -189,11 +222,12 @@ class _Files(Resource):
         if path is not None:
             with self.app.timed("resize_image"):
                 try:
+                    self.app.images.check_stored_allowed(route[2], self.app.any_variant(request))
                     served: bytes | int = _stored_file(path, *route).render(request)
                 except ImageServerError:
                     served = _error_answer(request, Failure())
                 return served
-        answer = ensureDeferred(self.app.file(*route, missing_here=True))
+        answer = ensureDeferred(self.app.file(request, *route, missing_here=True))
         gone = request.notifyFinish()
         gone.addErrback(lambda _: answer.cancel())  # the client left: stop waiting (not the job)
         answer.addCallback(request.render)  # its failures too go to the error answer

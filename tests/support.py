@@ -18,12 +18,19 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from imageserver.names import Variant
 from imageserver.options import Config
 from imageserver.service import ImageServer
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 WINE_HASH = "6e0072682e66287b662827da75b244a3"
 WINE_DIR = "6e0/072/682/e66287b662827da75b244a3"
+
+
+def sized(width: int, height: int, quality: int, output_format: str = "jpeg") -> Variant:
+    """A plain variant of that size (0: unset), quality and format, as the worker renders it."""
+    extension = {"jpeg": "jpg", "heic": "heic"}.get(output_format, output_format)
+    return Variant(f"test.{extension}", width, height, quality, extension)
 
 
 def fixture(name: str) -> bytes:

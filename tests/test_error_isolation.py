@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from imageserver import errors
 from imageserver.info import ImageDetails
 from imageserver.processing import operations
-from tests.support import ServerTestCase, fixture, request
+from tests.support import ServerTestCase, fixture, request, sized
 from tests.test_hostile import HOSTILE, UNREADABLE, tiled_tiff
 
 PROCESSING_FAILED = "ImageMagick failed to process the image: "
@@ -160,7 +160,7 @@ class JobTests(SynchronousTestCase):
             self.assertRaises(errors.ProcessingFailed) as raised,
             operations.job(operations.path_words(source, destination)),
         ):
-            operations.render(source, destination, 100, 0, 75, "jpeg")
+            operations.render(source, destination, sized(100, 0, 75))
         self.assertEqual(
             raised.exception.message,
             PROCESSING_FAILED + "output: unable to open for write; output: write error",

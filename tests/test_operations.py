@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver import errors
 from imageserver.processing import operations
+from tests.support import sized
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WINE = str(FIXTURES / "wine.jpg")
@@ -99,12 +100,12 @@ class OperationsTestCase(SynchronousTestCase):
     ) -> tuple[str, tuple[int, int]]:
         """Render into a fresh file; return its path and what `render` answered."""
         destination = self.path(f"out-{len(os.listdir(self.dir))}")
-        result = operations.render(source, destination, width, height, quality, fmt)
+        result = operations.render(source, destination, sized(width, height, quality, fmt))
         return destination, result
 
     def assertRefused(self, source: str, kind: type[errors.ImageServerError]) -> None:
         destination = self.path("refused")
-        self.assertRaises(kind, operations.render, source, destination, 100, 0, 75, "jpeg")
+        self.assertRaises(kind, operations.render, source, destination, sized(100, 0, 75))
         self.assertFalse(os.path.exists(destination))
 
 
@@ -389,14 +390,11 @@ class AnimationTests(OperationsTestCase):
             operations.render,
             source,
             self.path("out.gif"),
-            50,
-            50,
-            75,
-            "gif",
+            sized(50, 50, 75, "gif"),
             max_pixels=20_000,
         )
         destination = self.path("out.jpg")
-        operations.render(source, destination, 50, 50, 75, "jpeg", max_pixels=20_000)
+        operations.render(source, destination, sized(50, 50, 75, "jpeg"), max_pixels=20_000)
         self.assertTrue(os.path.exists(destination))
 
 
@@ -435,10 +433,7 @@ class HeifTests(OperationsTestCase):
                 operations.render,
                 source,
                 destination,
-                100,
-                0,
-                75,
-                "heic",
+                sized(100, 0, 75, "heic"),
             )
             self.assertIn("imageserver[heic]", error.message)
             self.assertFalse(os.path.exists(destination))
@@ -458,12 +453,12 @@ class HeifTests(OperationsTestCase):
         fake.from_bytes = FakeHeifFile  # type: ignore[attr-defined]
         self.patch_module("pillow_heif", fake)
         destination = self.path("out.heic")
-        result = operations.render(self.transparent_png(), destination, 40, 30, 0, "heic")
+        result = operations.render(self.transparent_png(), destination, sized(40, 30, 0, "heic"))
         self.assertEqual(result, (40, 30))
         self.assertEqual(calls, [("RGBA", (40, 30), 40 * 30 * 4), (destination, 50)])
         grey = self.path("grey.png")
         pyvips.Image.black(20, 10).pngsave(grey)
-        operations.render(grey, destination, 0, 0, 60, "heic")
+        operations.render(grey, destination, sized(0, 0, 60, "heic"))
         self.assertEqual(calls[2:], [("RGB", (20, 10), 20 * 10 * 3), (destination, 60)])
 
     def test_heic_encoder_failure_leaves_no_file(self) -> None:
@@ -480,7 +475,7 @@ class HeifTests(OperationsTestCase):
         self.patch_module("pillow_heif", fake)
         destination = self.path("out.heic")
         error = self.assertRaises(
-            errors.ProcessingFailed, operations.render, WINE, destination, 40, 0, 75, "heic"
+            errors.ProcessingFailed, operations.render, WINE, destination, sized(40, 0, 75, "heic")
         )
         self.assertIn("x265 gave up", error.message)
         self.assertFalse(os.path.exists(destination))
@@ -547,10 +542,7 @@ class HeifTests(OperationsTestCase):
             operations.render,
             fixture("wine.heic"),
             destination,
-            100,
-            0,
-            75,
-            "jpeg",
+            sized(100, 0, 75, "jpeg"),
         )
         self.assertIn("corrupt HEVC stream", error.message)
         self.assertFalse(os.path.exists(destination))
@@ -589,10 +581,7 @@ class FailureTests(OperationsTestCase):
             operations.render,
             source,
             destination,
-            100,
-            0,
-            75,
-            "jpeg",
+            sized(100, 0, 75, "jpeg"),
             max_pixels=1000,
         )
         self.assertFalse(os.path.exists(destination))

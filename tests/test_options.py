@@ -20,7 +20,9 @@ class OptionTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         config = parse([])
         self.assertEqual((config.port, config.listen, config.admin_port), (7000, "127.0.0.1", 7002))
-        self.assertEqual(config.extensions, ("jpg", "jpeg", "png", "gif", "webp", "avif", "heic"))
+        self.assertEqual(
+            config.extensions, ("jpg", "jpeg", "png", "gif", "webp", "avif", "heic", "auto")
+        )
         self.assertEqual((config.maximum_width, config.default_quality), (1000, 75))
         self.assertEqual(config.effective_uploader, "noop")
 

@@ -40,14 +40,21 @@ class Render(amp.Command):
         (b"source", amp.Unicode()),
         (b"temporary", amp.Unicode()),
         (b"destination", amp.Unicode()),
-        (b"width", amp.Integer()),
-        (b"height", amp.Integer()),
-        (b"quality", amp.Integer()),
-        (b"output_format", amp.Unicode()),
+        # The variant's canonical name, read back with `names.parse_name` in the worker.
+        (b"name", amp.Unicode()),
+        (b"default_quality", amp.Integer()),
         (b"max_pixels", amp.Integer()),
         (b"max_dimension", amp.Integer()),
     ]
     response = [(b"width", amp.Integer()), (b"height", amp.Integer())]
+    errors = ERRORS
+
+
+class Inspect(amp.Command):
+    """Read from an image's header whether it has an alpha channel."""
+
+    arguments = [(b"path", amp.Unicode())]
+    response = [(b"alpha", amp.Boolean())]
     errors = ERRORS
 
 

@@ -26,6 +26,7 @@ import pi_heif
 import pyvips
 
 from imageserver import errors
+from imageserver.names import Variant
 
 # Frames read from an animated source; later ones are dropped.  The frames read count towards the
 # pixel limit.
@@ -54,6 +55,8 @@ _ALLOWED_LOADER_CLASSES = (
 )
 _ANIMATED_LOADERS = frozenset({"gifload", "webpload"})
 _ANIMATED_OUTPUTS = frozenset({"gif", "webp"})
+# Formats that keep transparency; the others are flattened on the variant's background.
+_ALPHA_OUTPUTS = frozenset({"png", "webp", "gif", "avif", "heic"})
 # How strictly each loader's pixels must decode.  libvips counts a TIFF tile or strip that cannot
 # be read (a file cut short) as a mere warning and fills it with zeros, so TIFF fails on warnings.
 # The others fail on errors only: their warnings include harmless quirks of real files (a JPEG's
@@ -113,6 +116,7 @@ class _Header:
     hevc: bool  # HEIF coded with HEVC: libvips cannot decode the pixels, pi-heif can
     fail_on: str  # libvips' fail_on for this loader's pixels: "error" or "warning"
     loader: str  # the libvips loader's nickname, e.g. "jpegload"
+    alpha: bool  # it has an alpha channel
 
 
 def identify(path: str, max_pixels: int = 100_000_000) -> tuple[int, int, str]:
@@ -129,49 +133,120 @@ def identify(path: str, max_pixels: int = 100_000_000) -> tuple[int, int, str]:
     return header.width, header.height, header.content_type
 
 
+def has_alpha(path: str) -> bool:
+    """Whether an image has an alpha channel, from its header alone."""
+    return _read_header(path).alpha
+
+
 def render(
     source: str,
     destination: str,
-    width: int,
-    height: int,
-    quality: int,
-    output_format: str,
+    variant: Variant,
     max_pixels: int = 100_000_000,
     max_dimension: int = 0,
 ) -> tuple[int, int]:
-    """Write a variant of `source` to exactly `destination` and return its (frame) size.
+    """Write `variant` of `source` to exactly `destination` and return its (frame) size.
 
-    `width` and `height` both set: cover that box and crop the centre.  Only `width`: that width,
-    height in proportion.  Neither: the source's size.  Sizes may enlarge.  `quality` 0 is the
-    encoder's default.  Animated GIF/WebP stay animated when `output_format` is gif or webp.
-    The source and the output are both held to `max_pixels`, and the output's sides to
-    `max_dimension` (0: no limit), so a derived height cannot run away.
+    In a fixed order: decode, shrinking on load, and orient; crop, fit or pad; blur; flatten on
+    the background when the format has no alpha; encode.  Sizes may enlarge except with
+    ``-fit`` and ``-pad``.  Animated GIF/WebP stay animated when written as GIF or WebP, every
+    frame cut and padded alike.  The source and the output are both held to `max_pixels`, and the
+    output's sides to `max_dimension` (0: no limit), so a derived side cannot run away.
     On any failure `destination` does not exist afterwards.
     """
+    output_format = variant.output_format or ""
     save = _saver(output_format)  # refuse an unwritable format before decoding anything
     header = _read_header(source)
     frames = header.frames if output_format in _ANIMATED_OUTPUTS else 1
     _check_pixels(header.width, header.height, frames, max_pixels)
-    out_width, out_height = _output_size(header.width, header.height, width, height)
+    shape = geometry(header.width, header.height, variant)
+    out_width, out_height = shape.output
     if max_dimension and max(out_width, out_height) > max_dimension:
         raise errors.InvalidParameter(
             f"the variant would be {out_width}x{out_height}, over the maximum of {max_dimension}"
         )
+    _check_pixels(*shape.scaled, frames, max_pixels)
     _check_pixels(out_width, out_height, frames, max_pixels)
-    scaled_width, scaled_height = _cover_size(header.width, header.height, out_width, out_height)
     try:
         with _vips_errors_as(errors.ProcessingFailed, path_words(source, destination)):
             if header.hevc:
-                image = _decode_hevc(source, scaled_width, scaled_height)
+                image = _decode_hevc(source, *shape.scaled)
             else:
-                image = _thumbnail(source, scaled_width, scaled_height, frames, header)
-            image = _crop_centre(image, out_width, out_height, frames)
-            save(image, destination, quality or _DEFAULT_QUALITY.get(output_format, 0))
+                image = _thumbnail(source, *shape.scaled, frames, header)
+            if variant.crops:
+                image = _position(image, shape, frames)
+            if variant.fit == "pad":
+                image = _pad(image, shape.output, variant.background, output_format, frames)
+            if variant.blur:
+                sigma = variant.blur / 10
+                image = _each_frame(image, frames, lambda frame: frame.gaussblur(sigma))
+            if output_format not in _ALPHA_OUTPUTS and image.hasalpha():
+                image = image.flatten(background=_rgb(variant.background or "ffffff"))
+            save(image, destination, variant.quality or _DEFAULT_QUALITY.get(output_format, 0))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(destination)
         raise
     return image.width, image.height // frames
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a variant's pixels come from: the source decoded to `scaled`; for a crop, `output`
+    cut from it at `crop` (left, top), or where a smart crop chooses when that is None."""
+
+    scaled: tuple[int, int]
+    output: tuple[int, int]
+    crop: tuple[int, int] | None
+
+
+def geometry(source_width: int, source_height: int, variant: Variant) -> Geometry:
+    """The sizes and the crop of `variant` of a source of that (upright) size."""
+    width, height = variant.box
+    if width and height and variant.fit:  # inside the box, never enlarged
+        if width * source_height <= height * source_width:
+            fitted_width = min(width, source_width)
+            fitted = (
+                fitted_width,
+                max(1, _round_ratio(source_height * fitted_width, source_width)),
+            )
+        else:
+            fitted_height = min(height, source_height)
+            fitted = (
+                max(1, _round_ratio(source_width * fitted_height, source_height)),
+                fitted_height,
+            )
+        return Geometry(fitted, (width, height) if variant.fit == "pad" else fitted, None)
+    if width and height:
+        scaled = _cover_size(source_width, source_height, width, height)
+        return Geometry(scaled, (width, height), _crop_at(scaled, (width, height), variant))
+    if width:
+        output = (width, max(1, _round_ratio(source_height * width, source_width)))
+    elif height:
+        output = (max(1, _round_ratio(source_width * height, source_height)), height)
+    else:
+        output = (source_width, source_height)
+    return Geometry(output, output, None)
+
+
+def _crop_at(
+    scaled: tuple[int, int], output: tuple[int, int], variant: Variant
+) -> tuple[int, int] | None:
+    """The left and top of a crop: at the focal point moved inside the image, at the edge or
+    corner a gravity names, or in the centre; None for a smart crop (libvips' to choose)."""
+    if variant.gravity == "smart":
+        return None
+    spare_x, spare_y = scaled[0] - output[0], scaled[1] - output[1]
+    if variant.focus is not None:
+        centre_x = _round_ratio(scaled[0] * variant.focus[0], 100)
+        centre_y = _round_ratio(scaled[1] * variant.focus[1], 100)
+        left = min(max(centre_x - output[0] // 2, 0), spare_x)
+        top = min(max(centre_y - output[1] // 2, 0), spare_y)
+        return left, top
+    gravity = variant.gravity
+    left = 0 if "w" in gravity else spare_x if "e" in gravity else spare_x // 2
+    top = 0 if "n" in gravity else spare_y if "s" in gravity else spare_y // 2
+    return left, top
 
 
 def _read_header(path: str) -> _Header:
@@ -202,6 +277,7 @@ def _read_header(path: str) -> _Header:
             hevc=hevc,
             fail_on=_FAIL_ON.get(loader, "error"),
             loader=loader,
+            alpha=bool(image.hasalpha()),
         )
 
 
@@ -326,6 +402,9 @@ def _decode_hevc(
     if stride != row:  # libheif pads rows; libvips wants them packed
         pixels = b"".join(pixels[y * stride : y * stride + row] for y in range(source_height))
     image = pyvips.Image.new_from_memory(pixels, source_width, source_height, bands, "uchar")
+    # Tagged as what it is: a bare memory image is "multiband", whose last band libvips does not
+    # take for alpha, so a transparent HEIC would be written to JPEG unflattened.
+    image = image.copy(interpretation="srgb" if bands >= 3 else "b-w")
     if mode.endswith("a"):
         image = image.unpremultiply().cast("uchar")
     options: dict[str, str] = {}
@@ -337,22 +416,69 @@ def _decode_hevc(
     return image.thumbnail_image(width, height=height, size="force", **options).copy_memory()
 
 
-def _crop_centre(image: pyvips.Image, width: int, height: int, frames: int) -> pyvips.Image:
-    """Cut width x height from the middle of every frame (offsets: integer half the difference).
+def _position(image: pyvips.Image, shape: Geometry, frames: int) -> pyvips.Image:
+    """Cut the output from every frame of the scaled image, where `shape` says.
 
-    Done here rather than with `thumbnail(crop="centre")`, which handles only the first frame of
-    an animation.
+    A smart crop is found on the first frame by libvips' attention measure (the most salient
+    part: edges, skin tones, saturated colour) and cut at the same place from every frame.  Done
+    here rather than with `thumbnail(crop=...)`, which handles only the first frame.
     """
+    width, height = shape.output
     page_height = image.height // frames
     if (image.width, page_height) == (width, height):
         return image
-    left, top = (image.width - width) // 2, (page_height - height) // 2
+    if shape.crop is None:
+        # The attention measure reads the image more than once: from memory, not the decoder
+        # (the scaled image is small).
+        image = image.copy_memory()
+        first = image if frames == 1 else image.crop(0, 0, image.width, page_height)
+        chosen = first.smartcrop(width, height, interesting="attention")
+        left, top = -chosen.xoffset, -chosen.yoffset
+    else:
+        left, top = shape.crop
+    return _each_frame(image, frames, lambda frame: frame.crop(left, top, width, height))
+
+
+def _each_frame(
+    image: pyvips.Image, frames: int, change: Callable[[pyvips.Image], pyvips.Image]
+) -> pyvips.Image:
+    """`change` applied to every frame of a vertical strip of `frames` (or to a still image)."""
     if frames == 1:
-        return image.crop(left, top, width, height)
-    pages = [image.crop(left, page * page_height + top, width, height) for page in range(frames)]
+        return change(image)
+    page_height = image.height // frames
+    pages = [
+        change(image.crop(0, page * page_height, image.width, page_height))
+        for page in range(frames)
+    ]
     joined = pyvips.Image.arrayjoin(pages, across=1).copy()
-    joined.set_type(pyvips.GValue.gint_type, "page-height", height)
+    joined.set_type(pyvips.GValue.gint_type, "page-height", pages[0].height)
     return joined
+
+
+def _pad(
+    image: pyvips.Image, box: tuple[int, int], background: str, output_format: str, frames: int
+) -> pyvips.Image:
+    """Centre every frame on a `box` of the background: `background` (``rrggbb``) when given,
+    else transparent where the format has alpha and white where it has not."""
+    if image.bands < 3:
+        image = image.colourspace("srgb")
+    if background or output_format not in _ALPHA_OUTPUTS:
+        fill = _rgb(background or "ffffff") + ([255] if image.hasalpha() else [])
+    else:
+        if not image.hasalpha():
+            image = image.bandjoin(255)
+        fill = [0, 0, 0, 0]
+    width, height = box
+    return _each_frame(
+        image,
+        frames,
+        lambda frame: frame.gravity("centre", width, height, extend="background", background=fill),
+    )
+
+
+def _rgb(colour: str) -> list[int]:
+    """``rrggbb`` as [r, g, b]."""
+    return [int(colour[index : index + 2], 16) for index in (0, 2, 4)]
 
 
 # Encoder settings favour speed over the last few percent of size (we are benchmarked against
@@ -368,8 +494,6 @@ _Saver = Callable[[pyvips.Image, str, int], None]
 
 
 def _save_jpeg(image: pyvips.Image, path: str, quality: int) -> None:
-    if image.hasalpha():
-        image = image.flatten(background=255)
     image.jpegsave(path, Q=quality, optimize_coding=True, keep="none")
 
 

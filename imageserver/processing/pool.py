@@ -189,29 +189,29 @@ class WorkerPool(Service):
     def identify(self, path: str, max_pixels: int) -> Deferred[dict[str, Any]]:
         return self._submit(commands.Identify, path=path, max_pixels=max_pixels)
 
+    def inspect(self, path: str) -> Deferred[dict[str, Any]]:
+        """Whether an image has alpha (`commands.Inspect`)."""
+        return self._submit(commands.Inspect, path=path)
+
     def render(
         self,
         *,
         source: str,
         temporary: str,
         destination: str,
-        width: int,
-        height: int,
-        quality: int,
-        output_format: str,
+        name: str,
+        default_quality: int,
         max_pixels: int,
         max_dimension: int,
     ) -> Deferred[dict[str, Any]]:
-        """Make a variant (`commands.Render`); fires with its width and height."""
+        """Make the variant ``name`` (`commands.Render`); fires with its width and height."""
         return self._submit(
             commands.Render,
             source=source,
             temporary=temporary,
             destination=destination,
-            width=width,
-            height=height,
-            quality=quality,
-            output_format=output_format,
+            name=name,
+            default_quality=default_quality,
             max_pixels=max_pixels,
             max_dimension=max_dimension,
         )

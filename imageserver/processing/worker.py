@@ -12,6 +12,7 @@ import os
 
 from ampoule.child import AMPChild
 
+from imageserver.names import parse_name
 from imageserver.processing import commands, operations
 from imageserver.store import move_into_place, remove_quietly
 
@@ -61,30 +62,27 @@ class Worker(AMPChild):
             width, height, content_type = operations.identify(path, max_pixels)
         return {"width": width, "height": height, "content_type": content_type}
 
+    @commands.Inspect.responder
+    def inspect(self, path: str) -> dict[str, object]:
+        with operations.job(operations.path_words(path)):
+            return {"alpha": operations.has_alpha(path)}
+
     @commands.Render.responder
     def render(
         self,
         source: str,
         temporary: str,
         destination: str,
-        width: int,
-        height: int,
-        quality: int,
-        output_format: str,
+        name: str,
+        default_quality: int,
         max_pixels: int,
         max_dimension: int,
     ) -> dict[str, object]:
         try:
             with operations.job(operations.path_words(source, temporary, destination)):
+                variant = parse_name(name, default_quality, max_dimension)
                 out_width, out_height = operations.render(
-                    source,
-                    temporary,
-                    width,
-                    height,
-                    quality,
-                    output_format,
-                    max_pixels,
-                    max_dimension,
+                    source, temporary, variant, max_pixels, max_dimension
                 )
                 move_into_place(temporary, destination)
         except BaseException:
