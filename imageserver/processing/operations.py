@@ -26,6 +26,7 @@ import pi_heif
 import pyvips
 
 from imageserver import errors
+from imageserver.heif import HEAD_BYTES, heif_codec
 from imageserver.names import Variant
 
 # Frames read from an animated source; later ones are dropped.  The frames read count towards the
@@ -259,7 +260,7 @@ def _read_header(path: str) -> _Header:
             raise errors.UnreadableImage(f"{loader} is not an allowed image loader")
         hevc = False
         if loader == "heifload":
-            compression = image.get("heif-compression")
+            compression = _heif_compression(path) or image.get("heif-compression")
             content_type = "image/avif" if compression == "av1" else content_type
             hevc = compression == "hevc"
         frames = 1
@@ -279,6 +280,13 @@ def _read_header(path: str) -> _Header:
             loader=loader,
             alpha=bool(image.hasalpha()),
         )
+
+
+def _heif_compression(path: str) -> str | None:
+    """The codec a HEIF file's boxes name (libvips goes by the brand, and takes an AVIF branded
+    ``mif1`` for HEVC, which only pi-heif could decode, and cannot: it has no AV1 decoder)."""
+    with open(path, "rb") as stored:
+        return heif_codec(stored.read(HEAD_BYTES))
 
 
 def _check_decodes(path: str, header: _Header) -> None:
