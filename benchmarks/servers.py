@@ -157,6 +157,8 @@ class OurServer(Managed):
             "--maximum_width",
             str(maximum_width),
             f"--pin-workers={str(pin).lower()}",
+            # A miss phase asks each copy of a source for hundreds of variants.
+            "--max-variants-per-image=0",
         ]
         script = str(VENV / "bin" / "image-server")
         python = str(VENV / "bin" / "python")
