@@ -413,3 +413,34 @@ class AllowListTests(ServerTestCase):
         batch = self.signed("POST", f"/p/{WINE_DIR}/process") + "&outputs=x300.jpg"
         self.assertEqual((await request("POST", batch)).code, 200)
         self.assertEqual((await request("GET", f"{self.url}/p/{WINE_DIR}/x300.jpg")).code, 403)
+
+
+class GrammarBatchAndSignatureTests(ServerTestCase):
+    async def test_process_makes_the_new_names(self) -> None:
+        await self.start_server()
+        await self.upload_wine()
+        names = ["x200-gsmart.webp", "300x200-pad.png", "w32-blur50.webp", "h100-dpr2.jpg"]
+        query = "?outputs=" + ",".join(names)
+        response = await request("POST", f"{self.url}/p/{WINE_DIR}/process{query}")
+        self.assertEqual(response.code, 200, response.body)
+        directory = self.local("p", *WINE_DIR.split("/"))
+        for name in names:
+            self.assertTrue(os.path.exists(os.path.join(directory, name)), name)
+        made = await request("GET", f"{self.url}/p/{WINE_DIR}/h100-dpr2.jpg")
+        self.assertEqual(image_size(made.body)[:2], (267, 200))
+
+    async def test_a_signed_auto_url_covers_the_format_chosen(self) -> None:
+        secrets = os.path.abspath(self.mktemp())
+        with open(secrets, "w") as file:
+            file.write("a-secret\n")
+        await self.start_server(require_signature_for_reads=True, signing_secrets_file=secrets)
+        signer = Signer("a-secret", self.url)
+        upload = await request("POST", signer.sign_url("POST", "/p", 600), data=fixture("wine.jpg"))
+        self.assertEqual(upload.code, 200, upload.body)
+        url = signer.sign_url("GET", f"/p/{WINE_DIR}/x200.auto", 600)
+        for accept, content_type in ((CHROME, "image/avif"), (CURL, "image/jpeg")):
+            response = await request("GET", url, headers={"Accept": accept})
+            self.assertEqual(response.code, 200, response.body)
+            self.assertEqual(response.header("Content-Type"), content_type)
+        unsigned = await request("GET", f"{self.url}/p/{WINE_DIR}/x200.auto")
+        self.assertEqual(unsigned.code, 401)
