@@ -7,14 +7,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --system --create-home --home-dir /var/lib/image-server image-server
+RUN useradd --system --uid 999 --create-home --home-dir /var/lib/image-server image-server
 
 WORKDIR /opt/image-server
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py README.md constraints.txt ./
 COPY imageserver ./imageserver
 COPY twisted ./twisted
 COPY bin ./bin
-RUN pip install . && install -m 0755 bin/docker-entrypoint /usr/local/bin/docker-entrypoint
+RUN pip install -c constraints.txt . && install -m 0755 bin/docker-entrypoint /usr/local/bin/docker-entrypoint
 
 # The Go image's default store is ./public: here /var/lib/image-server/public, on the volume.
 WORKDIR /var/lib/image-server
