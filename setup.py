@@ -3,7 +3,15 @@
 from setuptools import setup
 
 setup(
-    packages=["imageserver", "imageserver.processing", "twisted.plugins"],
-    package_data={"twisted": ["plugins/imageserver_plugin.py"]},
+    packages=["imageserver", "imageserver.console", "imageserver.processing", "twisted.plugins"],
+    # Every package under one root, named as such: an editable install then puts the checkout
+    # itself on sys.path (a plain .pth line), where twistd looks for twisted/plugins.  Without it
+    # setuptools installs an import hook that finds the packages but hides the plugin.
+    package_dir={"": "."},
+    package_data={
+        "twisted": ["plugins/imageserver_plugin.py"],
+        # The admin console's files, served as they are (no build step).
+        "imageserver.console": ["static/*", "static/pages/*", "static/vendor/*"],
+    },
     scripts=["bin/image-server"],
 )
