@@ -60,3 +60,10 @@ class Inspect(amp.Command):
 
 class Warm(amp.Command):
     """Load libvips in a fresh worker, so the first real job does not pay for it."""
+
+
+class Stacks(amp.Command):
+    """Every thread's current stack in the worker, as `worker.thread_stacks` writes it, for the
+    debug site (``--profile``)."""
+
+    response = [(b"stacks", amp.Unicode())]

@@ -9,8 +9,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
+import threading
+import traceback
 
 from ampoule.child import AMPChild
+from twisted.protocols import amp
 
 from imageserver.names import parse_name
 from imageserver.processing import commands, operations
@@ -46,6 +50,40 @@ def _resident_bytes() -> int:
 @functools.cache
 def _statm() -> int:
     return os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def thread_stacks() -> str:
+    """Every thread of this process with its current stack, innermost call last (a worker's answer
+    to `commands.Stacks`, and the main process's part of the debug site's ``/debug/stacks``).
+
+    Frames are file, line and function, without the source line: reading sources would fill
+    `linecache` with every file on the stacks, and the heap report would show it.
+    """
+    threads = {thread.ident: thread for thread in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        thread = threads.get(ident)
+        if thread is None:
+            parts.append(f"thread (not started by threading; ident {ident}):\n")
+        else:
+            parts.append(f"thread {thread.name} (native id {thread.native_id}):\n")
+        calls = [
+            f'  File "{call.f_code.co_filename}", line {line}, in {call.f_code.co_qualname}\n'
+            for call, line in traceback.walk_stack(frame)
+        ]
+        parts.extend(reversed(calls))
+        parts.append("\n")
+    return "".join(parts)
+
+
+def _fits_amp(text: str) -> str:
+    """``text``, or its end when it is over AMP's 64 KiB a value (the innermost calls matter)."""
+    data = text.encode()
+    if len(data) <= amp.MAX_VALUE_LENGTH:
+        return text
+    marker = "(the start is cut off: over AMP's 64 KiB)\n"
+    room = amp.MAX_VALUE_LENGTH - len(marker.encode())
+    return marker + data[-room:].decode("utf-8", "ignore")
 
 
 class Worker(AMPChild):
@@ -95,3 +133,7 @@ class Worker(AMPChild):
     @commands.Warm.responder
     def warm(self) -> dict[str, object]:
         return {}
+
+    @commands.Stacks.responder
+    def stacks(self) -> dict[str, object]:
+        return {"stacks": _fits_amp(thread_stacks())}
