@@ -1,9 +1,14 @@
-"""The garbage collector of the local cache (DECISIONS D7, SPEC §10).
+"""The garbage collector of the local cache (docs/scaling.md).
 
 With a remote store, local files are a cache: a file older than ``--max_file_age`` is deleted once
 the bucket is known to hold it (one listing per image directory, at deletion time) and no upload of
 it is pending.  An old file the bucket lacks is queued for upload instead.  Empty directories go
 too.  With no remote store there is no collector at all: the local store is the only copy.
+
+The file work stays off the reactor's back: the store is walked, and the files to upload are read
+for their type, in a thread.  Deleting stays on the reactor, where asking the upload journal and
+deleting are one step that no new version of the file (and its marker) can come between, but in
+slices of `SLICE` files, with the reactor free to answer requests between them.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -29,6 +35,8 @@ log = Logger()
 
 # The Go server's tick.
 INTERVAL = 120.0
+# Files deleted in one turn of the reactor.
+SLICE = 100
 
 
 class GarbageCollector(Service):
@@ -80,19 +88,31 @@ class GarbageCollector(Service):
             except S3Error as error:
                 log.warn("not collecting {path}: {error}", path=directory, error=error)
                 continue
-            for name in names:
-                relative = f"{directory}/{name}"
-                if self.uploads.is_pending(relative):
-                    continue
-                if name in in_bucket:
-                    remove_quietly(self.store.path(relative))
-                    deleted += 1
-                else:
-                    content_type = mime.content_type_of(name, self.store.path(relative))
-                    self.uploads.store_later(relative, content_type)
+            missing = [name for name in names if name not in in_bucket]
+            stored = [name for name in names if name in in_bucket]
+            for start in range(0, len(stored), SLICE):
+                if start:
+                    await deferLater(self.reactor, 0, lambda: None)
+                deleted += self._delete(directory, stored[start : start + SLICE])
+            if missing:
+                found = await deferToThread(_content_types, self.store.base, directory, missing)
+                for name, content_type in found:
+                    relative = f"{directory}/{name}"
+                    if not self.uploads.is_pending(relative):
+                        self.uploads.store_later(relative, content_type)
         await deferToThread(_remove_empty, self.store.base, directories)
         if deleted:
             log.info("collected {deleted} cached files", deleted=deleted)
+        return deleted
+
+    def _delete(self, directory: str, names: Sequence[str]) -> int:
+        """Delete those of ``names`` (files the bucket holds) with no upload pending; how many."""
+        deleted = 0
+        for name in names:
+            relative = f"{directory}/{name}"
+            if not self.uploads.is_pending(relative):
+                remove_quietly(self.store.path(relative))
+                deleted += 1
         return deleted
 
 
@@ -121,6 +141,16 @@ def _scan(base: str, cutoff: float) -> tuple[dict[str, list[str]], list[str]]:
             except FileNotFoundError:
                 pass
     return old, quiet
+
+
+def _content_types(base: str, directory: str, names: list[str]) -> list[tuple[str, str]]:
+    """Each of ``names`` in ``directory`` with its content type (in a thread: an original's is
+    sniffed from its first bytes); files gone since the walk are left out."""
+    found = []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            found.append((name, mime.content_type_of(name, os.path.join(base, directory, name))))
+    return found
 
 
 def _remove_empty(base: str, directories: list[str]) -> None:

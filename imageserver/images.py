@@ -115,6 +115,7 @@ class Images:
         self._sources: Coalescer[ImageDetails] = Coalescer()
         self.quota = VariantQuota(limits.max_variants_per_image, self._present)
         self._alpha: Recent[tuple[str, str], bool] = Recent(REMEMBERED_IMAGES)
+        self._original_types: Recent[tuple[str, str], str] = Recent(REMEMBERED_IMAGES)
 
     def parse(self, name: str) -> Variant:
         return parse_name(name, self.limits.default_quality, self.limits.maximum_width)
@@ -186,7 +187,7 @@ class Images:
     async def store_attachment(
         self, namespace: str, image_hash: str, name: str, spool: Spool | None
     ) -> None:
-        """Keep a client's file beside the image (SPEC §4.4), never over our own files."""
+        """Keep a client's file beside the image, never over our own (docs/api.md#attachments)."""
         paths.check_namespace(namespace)
         check_file_name(name)
         if is_generated(name):
@@ -305,6 +306,25 @@ class Images:
         we write (``photo.png``), that format's ``full_size``, served under any such name."""
         alias = full_size_alias(variant)
         return variant if alias is None else self.parse(alias)
+
+    def known_type(self, namespace: str, image_hash: str, name: str) -> str | None:
+        """A stored file's content type when it is known without reading the file: an original's,
+        as its ``info.json`` records it, read once and then remembered (an original never changes:
+        its name is its hash).  None for anything else, and for an original without a readable
+        ``info.json``, whose first bytes tell."""
+        if name != ORIGINAL:
+            return None
+        key = (namespace, image_hash)
+        known = self._original_types.get(key)
+        if known is None:
+            info = self.store.path(paths.relative_path(namespace, image_hash, INFO_JSON))
+            try:
+                with open(info, "rb") as stored:
+                    known = ImageDetails.from_info_json(stored.read()).content_type
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            self._original_types[key] = known
+        return known
 
     def local_file(self, namespace: str, image_hash: str, name: str) -> str | None:
         """The path of a file stored here; None when it is not, or ``name`` is no file name."""

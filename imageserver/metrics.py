@@ -1,4 +1,4 @@
-"""Prometheus series (SPEC §12.1, DECISIONS D16), in a registry per server.
+"""Prometheus series (docs/metrics.md), in a registry per server.
 
 A registry of our own, not the global one, so several servers can live in one process (the tests run
 many) and ``/metrics`` shows exactly this server.  Label values are bounded: namespaces, formats and

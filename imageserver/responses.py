@@ -1,4 +1,4 @@
-"""How the server answers: JSON bodies (DECISIONS D2) and cacheable files (D12)."""
+"""How the server answers: JSON bodies and cacheable files (docs/api.md#errors, #caching)."""
 
 from __future__ import annotations
 
@@ -75,10 +75,13 @@ class CachedFile(Resource):
 
     isLeaf = True
 
-    def __init__(self, path: str, relative: str) -> None:
+    def __init__(self, path: str, relative: str, content_type: str | None = None) -> None:
+        """``content_type``: the file's type when it is known already (an original's, from its
+        ``info.json``), which spares reading its first bytes; else found from its name or bytes."""
         super().__init__()
         self.path = path
         self.relative = relative
+        self.content_type = content_type
         self.name = relative.rpartition("/")[2]
         self.cache_control = cache_control(self.name).encode()
         self.identity = relative if is_generated(self.name) else None
@@ -104,7 +107,7 @@ class CachedFile(Resource):
     def _answer(self, request: Request, stored: BinaryIO) -> bytes | int:
         # The open file's own size and date: an attachment replaced meanwhile is a new file.
         stat = os.fstat(stored.fileno())
-        content_type = mime.content_type_of_open(self.name, stored)
+        content_type = self.content_type or mime.content_type_of_open(self.name, stored)
         inline = content_type in mime.INLINE_TYPES
         served_type = (content_type if inline else "application/octet-stream").encode()
         tag = entity_tag(stat, self.identity)

@@ -2,9 +2,10 @@
 
 No boto3 and no threads per request: botocore is used only to sign, and only the credential
 lookup, which may refresh a role's keys over the network, runs in a thread.  Bodies stream from
-and to files.  S3's error XML becomes an `S3Error` carrying S3's own code.  Every request is bounded
-(`_Watchdog`): a bucket that accepts connections and never answers costs a caller seconds, not
-minutes.
+and to files.  S3's error XML becomes an `S3Error` carrying S3's own code, and so does a bucket out
+of reach (a failure of the network, not any failure: a bug of ours keeps its own exception and its
+traceback).  Every request is bounded (`_Watchdog`): a bucket that accepts connections and never
+answers costs a caller seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NoReturn, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 from botocore.auth import S3SigV4Auth
@@ -21,6 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from twisted.internet import protocol
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -28,6 +30,7 @@ from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
+from imageserver.backoff import NETWORK_ERRORS
 from imageserver.spool import Spool
 
 _NAMESPACE = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -244,7 +247,7 @@ class S3Client:
             response: IResponse = await sending
         except Exception as error:
             watchdog.stop()
-            raise watchdog.failure(error, "could not be reached") from error
+            watchdog.fail(error, "could not be reached")
         watchdog.progress()
         return _Answer(response, watchdog)
 
@@ -290,14 +293,17 @@ class _Watchdog:
             if call.active():
                 call.cancel()
 
-    def failure(self, error: Exception, what: str) -> Exception:
-        """What a failed step raises: `S3Error` (``Timeout`` once time ran out), or the
-        cancellation itself when the caller cancelled (a server stopping)."""
+    def fail(self, error: Exception, what: str) -> NoReturn:
+        """Raise what a failed step raises: `S3Error` (``Timeout`` once time ran out,
+        ``Unreachable`` when the network failed), the cancellation itself when the caller
+        cancelled (a server stopping), or ``error`` as it is: a bug, whose traceback must show."""
         if self.expired:
-            return S3Error(0, "Timeout", f"{self._host} timed out: {self.expired}")
+            raise S3Error(0, "Timeout", f"{self._host} timed out: {self.expired}") from error
         if _cancelled(error):
-            return CancelledError()
-        return S3Error(0, "Unreachable", f"{self._host} {what}: {error}")
+            raise CancelledError() from error
+        if isinstance(error, NETWORK_ERRORS):
+            raise S3Error(0, "Unreachable", f"{self._host} {what}: {error}") from error
+        raise error
 
     def _dragged(self) -> None:
         self._expire(f"not done in {self._allowed:.3g} s")
@@ -313,7 +319,8 @@ def _cancelled(error: Exception) -> bool:
     """Whether ``error`` is a cancellation, or the HTTP client's wrapping of one (its errors carry
     the failures they wrap as ``reasons``)."""
     reasons: list[Failure] = getattr(error, "reasons", [])
-    return isinstance(error, CancelledError) or any(r.check(CancelledError) for r in reasons)
+    cancellations = (CancelledError, ConnectingCancelledError)
+    return isinstance(error, cancellations) or any(r.check(*cancellations) for r in reasons)
 
 
 class _WatchedBody(FileBodyProducer):
@@ -364,7 +371,7 @@ class _Answer:
         try:
             await receiver.done
         except Exception as error:
-            raise self._watchdog.failure(error, "cut the answer off") from error
+            self._watchdog.fail(error, "cut the answer off")
         finally:
             self._watchdog.stop()
 

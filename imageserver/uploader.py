@@ -1,12 +1,19 @@
-"""Puts stored files into the remote store, and never drops one (DECISIONS D8, D10).
+"""Puts stored files into the remote store, and never drops one (docs/scaling.md).
 
 Every file to upload is first written down in ``.pending/`` beside the store (a small JSON
 marker per file), and crossed off only once the bucket has it.  A failed upload is retried with
-backoff, in the background, for as long as the server runs, and again after a restart: the markers
-are read back at start-up.  The garbage collector keeps any file that still has a marker.
+jittered exponential backoff (`imageserver.backoff`), in the background, for as long as the server
+runs, and again after a restart: the markers are read back at start-up.  The garbage collector keeps
+any file that still has a marker.  The markers are counted in memory, so ``/metrics`` and the
+collector never list or stat the journal.
 
 A client waits for its files' upload only while the bucket is working: once a request to it goes
 silent for ``--s3-timeout`` seconds, the client is answered and the file left to the background.
+
+The bucket's refusals, a network that fails and a local file that cannot be read are expected: a
+one-line warning, then the next try.  Anything else is a bug: its traceback is logged the first time
+it stops a file's upload, and the upload is still retried like any other, since the file is safe in
+the journal and a fixed server (or a passing cause) will deliver it.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from imageserver.backoff import Backoff
 from imageserver.coalesce import shielded
 from imageserver.metrics import Metrics
 from imageserver.remote import RemoteStore
@@ -41,9 +49,10 @@ from imageserver.store import DIRECTORY_MODE, LocalStore, remove_quietly
 log = Logger()
 
 PENDING_DIRECTORY = ".pending"
-# Seconds between the tries of one upload: quick ones while a client waits, then slower, for ever.
-QUICK_RETRIES = (1.0, 4.0)
-BACKGROUND_DELAYS = (1.0, 4.0, 15.0, 60.0, 300.0)
+# The tries of one upload: two quick retries while a client waits (about 1 s and 4 s later), then
+# in the background 1 s, 4 s, 16 s... up to five minutes apart, for ever.
+QUICK_RETRIES = Backoff(longest=4.0, retries=2)
+BACKGROUND_RETRIES = Backoff(longest=300.0)
 
 
 class _Outcome(Enum):
@@ -94,17 +103,22 @@ class Uploader(Service):
         reactor: IReactorTime,
         concurrency: int,
         timeout: float,
-        quick_retries: Sequence[float] = QUICK_RETRIES,
-        background_delays: Sequence[float] = BACKGROUND_DELAYS,
+        quick_retries: Backoff = QUICK_RETRIES,
+        background_retries: Backoff = BACKGROUND_RETRIES,
     ) -> None:
+        """``quick_retries`` must end (a client is waiting); ``background_retries`` must not."""
         self.remote = remote
         self.store = store
         self.metrics = metrics
         self.reactor = reactor
         self.timeout = timeout
         self.quick_retries = quick_retries
-        self.background_delays = background_delays
+        self.background_retries = background_retries
         self.journal = os.path.join(store.base, PENDING_DIRECTORY)
+        # What the journal holds, kept beside it: asked on every scrape and by the collector.
+        self._pending: set[str] = set()
+        # Files whose upload a bug has stopped and whose traceback has been logged.
+        self._reported: set[str] = set()
         # Uploads a client waits for never queue behind the background's backlog.
         self._now_slots = DeferredSemaphore(concurrency)
         self._background_slots = DeferredSemaphore(concurrency)
@@ -116,6 +130,7 @@ class Uploader(Service):
         super().startService()
         os.makedirs(self.journal, mode=DIRECTORY_MODE, exist_ok=True)
         for relative, content_type in self._journal_entries():
+            self._pending.add(relative)
             self._retry_in_background(relative, content_type)
 
     def stopService(self) -> Deferred[None]:
@@ -128,10 +143,10 @@ class Uploader(Service):
 
     @property
     def pending(self) -> int:
-        return len(os.listdir(self.journal)) if os.path.isdir(self.journal) else 0
+        return len(self._pending)
 
     def is_pending(self, relative: str) -> bool:
-        return os.path.exists(self._marker(relative))
+        return relative in self._pending
 
     def store_now(self, files: Sequence[tuple[str, str]]) -> Deferred[None]:
         """Upload ``(relative, content_type)`` files while a client waits.
@@ -153,7 +168,7 @@ class Uploader(Service):
         self._retry_in_background(relative, content_type, first_delay=0.0)
 
     async def _upload_now(self, relative: str, content_type: str) -> None:
-        delays = (0.0, *self.quick_retries)
+        delays = (0.0, *self.quick_retries.delays())
         for attempt, delay in enumerate(delays, start=1):
             if delay:
                 await deferLater(self.reactor, delay, lambda: None)
@@ -181,15 +196,14 @@ class Uploader(Service):
     async def _keep_trying(
         self, relative: str, content_type: str, first_delay: float | None
     ) -> None:
-        delays = iter(self.background_delays)
-        longest = self.background_delays[-1]
+        delays = self.background_retries.delays()
         delay = next(delays) if first_delay is None else first_delay
         while self.running:
             await deferLater(self.reactor, delay, lambda: None)
             outcome = await self._try(relative, content_type, self._background_slots, True, None)
             if outcome is _Outcome.STORED:
                 return
-            delay = next(delays, longest)
+            delay = next(delays)
 
     async def _try(
         self,
@@ -200,11 +214,25 @@ class Uploader(Service):
         patience: float | None,
     ) -> _Outcome:
         """One upload, waiting ``patience`` seconds at most for a slot (None: as long as it
-        takes); ``last`` logs a failure."""
+        takes); ``last`` logs an expected failure."""
         key_lock = self._keys.setdefault(relative, DeferredLock())
         await key_lock.acquire()
         try:
-            return await self._put(relative, content_type, slots, last, patience)
+            return await self._put(relative, content_type, slots, patience)
+        except CancelledError:
+            raise  # the server is stopping; the file stays in the journal
+        except (S3Error, OSError) as error:
+            code = error.code if isinstance(error, S3Error) else type(error).__name__
+            self.metrics.upload_failures.labels(code).inc()
+            if last or code == "Timeout":
+                log.warn("upload of {path} failed, will retry: {error}", path=relative, error=error)
+            return _Outcome.SILENT if code == "Timeout" else _Outcome.FAILED
+        except Exception as error:
+            self.metrics.upload_failures.labels(type(error).__name__).inc()
+            if relative not in self._reported:
+                self._reported.add(relative)
+                log.failure("upload of {path} failed on a bug, will retry", path=relative)
+            return _Outcome.FAILED
         finally:
             key_lock.release()
             if not key_lock.locked and not key_lock.waiting:
@@ -215,7 +243,6 @@ class Uploader(Service):
         relative: str,
         content_type: str,
         slots: DeferredSemaphore,
-        last: bool,
         patience: float | None,
     ) -> _Outcome:
         before = _fingerprint(self.store.path(relative))
@@ -234,14 +261,6 @@ class Uploader(Service):
         try:
             with self.metrics.upload_seconds.time():
                 await self.remote.put(relative, content_type)
-        except CancelledError:
-            raise  # the server is stopping; the file stays in the journal
-        except Exception as error:
-            code = error.code if isinstance(error, S3Error) else type(error).__name__
-            self.metrics.upload_failures.labels(code).inc()
-            if last or code == "Timeout":
-                log.warn("upload of {path} failed, will retry: {error}", path=relative, error=error)
-            return _Outcome.SILENT if code == "Timeout" else _Outcome.FAILED
         finally:
             slots.release()
         if _fingerprint(self.store.path(relative)) != before:
@@ -257,9 +276,12 @@ class Uploader(Service):
         with open(temporary, "w") as marker:
             json.dump({"relative": relative, "content_type": content_type}, marker)
         os.replace(temporary, self._marker(relative))
+        self._pending.add(relative)
 
     def _cross_off(self, relative: str) -> None:
         remove_quietly(self._marker(relative))
+        self._pending.discard(relative)
+        self._reported.discard(relative)
 
     def _journal_entries(self) -> Iterable[tuple[str, str]]:
         for name in sorted(os.listdir(self.journal)):

@@ -1,8 +1,11 @@
-"""Webhooks (SPEC §13.2, DECISIONS D15): signed JSON POSTs of image events, delivered in the
+"""Webhooks (docs/api.md#webhooks): signed JSON POSTs of image events, delivered in the
 background with retries, from a bounded queue.
 
 A delivery never delays or fails the request that caused it: `emit` only queues.  A full queue
-drops the event (counted and logged), as does a receiver that failed three times.
+drops the event (counted and logged), as does a receiver that failed three times; the attempts are
+about 1 s and 4 s apart, jittered (`imageserver.backoff`).  A receiver that cannot be reached,
+fails, or times out is expected and logged in a line; any other failure is a bug of ours, logged
+with its traceback once per delivery, and counts as a failed attempt.
 """
 
 from __future__ import annotations
@@ -10,12 +13,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    ensureDeferred,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
@@ -23,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imageserver import events
+from imageserver.backoff import NETWORK_ERRORS, Backoff
 from imageserver.metrics import Metrics
 from imageserver.signature import webhook_signature
 
@@ -36,8 +46,8 @@ WIRE_NAMES = {
     "batch_complete": "image.batch_complete",
 }
 USER_AGENT = b"image-server-webhook/1.0"
-# Seconds before the second and the third attempt.
-RETRY_DELAYS = (1.0, 4.0)
+# The second and the third attempt, about 1 s and 4 s after the one before.
+RETRIES = Backoff(retries=2)
 MAX_QUEUE = 1000
 CONCURRENCY = 4
 
@@ -61,7 +71,7 @@ def timestamp(moment: datetime) -> str:
 
 
 # Event types webhooks send -> their --webhook-events token.  Each dataclass's fields are the
-# ``data`` fields of SPEC §13.2, in its order.
+# ``data`` fields of each event, in the Go server's order (docs/api.md#webhooks).
 _TOKENS: dict[type, str] = {
     events.Uploaded: "uploaded",
     events.VariantMade: "processed",
@@ -99,7 +109,7 @@ class WebhookSender(Service):
         reactor: IReactorTime,
         clock: Callable[[], float] = time.time,
         max_queue: int = MAX_QUEUE,
-        retry_delays: Sequence[float] = RETRY_DELAYS,
+        retries: Backoff = RETRIES,
     ) -> None:
         self.http = http
         self.url = url.encode()
@@ -110,7 +120,7 @@ class WebhookSender(Service):
         self.reactor = reactor
         self.clock = clock
         self.max_queue = max_queue
-        self.retry_delays = retry_delays
+        self.retries = retries
         self._slots = DeferredSemaphore(CONCURRENCY)
         self._deliveries: set[Deferred[None]] = set()
 
@@ -136,12 +146,23 @@ class WebhookSender(Service):
         return DeferredList(running, consumeErrors=True).addCallback(lambda _: None)
 
     async def _deliver(self, name: str, body: bytes) -> None:
-        for attempt, delay in enumerate((0.0, *self.retry_delays), start=1):
+        reported = False
+        for attempt, delay in enumerate((0.0, *self.retries.delays()), start=1):
             if delay:
                 await deferLater(self.reactor, delay, lambda: None)
             if not self.running:
                 return  # stopping: abandon (webhooks are not persisted)
-            outcome = await self._slots.run(self._attempt, body)
+            try:
+                outcome = await self._slots.run(self._attempt, body)
+            except CancelledError:
+                raise  # stopping
+            except NETWORK_ERRORS as error:
+                outcome = f"{type(error).__name__}: {error}"
+            except Exception as error:
+                if not reported:
+                    reported = True
+                    log.failure("webhook {event} failed on a bug", event=name)
+                outcome = f"{type(error).__name__}: {error}"
             if not self.running:
                 return  # the attempt was cut short by the stop, not by the receiver
             if outcome is None:
@@ -157,14 +178,11 @@ class WebhookSender(Service):
         log.warn("webhook {event} failed after every attempt", event=name)
 
     async def _attempt(self, body: bytes) -> str | None:
-        """One attempt, headers and body within ``--webhook-timeout``: None on a 2xx, else what
-        went wrong (a receiver that stalls half-way through its answer times out too)."""
+        """One attempt, headers and body within ``--webhook-timeout``: None on a 2xx, else the
+        status; a receiver that stalls half-way through its answer times out too."""
         attempt = ensureDeferred(self._post(body))
         attempt.addTimeout(self.timeout, self.reactor)
-        try:
-            return await attempt
-        except Exception as error:
-            return f"{type(error).__name__}: {error}"
+        return await attempt
 
     async def _post(self, body: bytes) -> str | None:
         headers = {b"Content-Type": [b"application/json"], b"User-Agent": [USER_AGENT]}

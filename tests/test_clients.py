@@ -87,7 +87,8 @@ class BodyTests(ServerTestCase):
         """A client that sends a declared-too-large body at once gets its 413; no byte hits disk."""
         client = await raw_connection(self.url)
         client.transport.write(upload_head(3 * LIMIT) + b"x" * LIMIT)
-        await sleep(0.2)
+        # Its headers are in: this is when a body's spool would have been made.
+        await self.wait_for(lambda: self.server.site.in_flight == 1, "the request's headers")
         self.assertEqual(self.spooled(), [])  # nothing is spooled while the body arrives
         client.transport.write(b"x" * 2 * LIMIT)
         status, _, body = status_and_body(await client.done)

@@ -16,8 +16,9 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 from twisted.web import resource, server
 
+from imageserver.backoff import Backoff
 from imageserver.webhooks import timestamp
-from tests.support import WINE_DIR, WINE_HASH, ServerTestCase, SourceServer, fixture, request, sleep
+from tests.support import WINE_DIR, WINE_HASH, ServerTestCase, SourceServer, fixture, request
 
 SECRET = "webhook-secret"
 
@@ -86,8 +87,21 @@ class WebhookTests(ServerTestCase):
         receiver = Receiver(self)
         await self.start_server(webhook_url=receiver.url, webhook_secret=SECRET, **overrides)
         assert self.server.engine.webhooks is not None
-        self.server.engine.webhooks.retry_delays = (0.05, 0.05)
+        self.server.engine.webhooks.retries = Backoff(first=0.05, factor=1.0, retries=2)
         return receiver
+
+    def outcomes(self, outcome: str) -> float:
+        """How many ``image.uploaded`` deliveries ended with ``outcome`` (0 before the first)."""
+        labels = {"event": "image.uploaded", "outcome": outcome}
+        found = self.server.metrics.registry.get_sample_value(
+            "image_server_webhook_deliveries_total", labels
+        )
+        return found or 0.0
+
+    async def wait_for_deliveries(self) -> None:
+        """Until every event emitted so far has been delivered, or given up on."""
+        webhooks = self.server.engine.webhooks
+        await self.wait_for(lambda: not webhooks._deliveries, "the deliveries to end")
 
     async def test_upload_with_outputs(self) -> None:
         receiver = await self.start_with_webhooks(remote_base_url="https://cdn.example.com/")
@@ -157,8 +171,7 @@ class WebhookTests(ServerTestCase):
         receiver = await self.start_with_webhooks(webhook_events="uploaded")
         receiver.statuses = [500, 500, 200]
         await self.upload_wine()
-        await self.wait_for(lambda: len(receiver.deliveries) == 3, "three attempts")
-        await sleep(0.3)
+        await self.wait_for(lambda: self.outcomes("delivered") == 1, "the delivery")
         self.assertEqual(len(receiver.deliveries), 3)
         self.assertEqual(len({d["body"] for d in receiver.deliveries}), 1)
         metrics = await self.metrics()
@@ -170,8 +183,7 @@ class WebhookTests(ServerTestCase):
         receiver = await self.start_with_webhooks(webhook_events="uploaded")
         receiver.statuses = [500, 503, 502, 200]
         await self.upload_wine()
-        await self.wait_for(lambda: len(receiver.deliveries) == 3, "three attempts")
-        await sleep(0.3)
+        await self.wait_for(lambda: self.outcomes("failed") == 1, "the delivery to give up")
         self.assertEqual(len(receiver.deliveries), 3)
         metrics = await self.metrics()
         self.assertEqual(
@@ -213,12 +225,12 @@ class WebhookTests(ServerTestCase):
         [pid] = self.server.pool.worker_pids()
         os.kill(pid, signals.SIGSTOP)
         waiting = ensureDeferred(request("GET", f"{self.url}/p/{WINE_DIR}/w11.jpg"))
-        await sleep(0.2)
+        await self.wait_for(lambda: self.server.pool.in_flight == 1, "the job in its worker")
         refused = await request("GET", f"{self.url}/p/{WINE_DIR}/w12.jpg")
         self.assertEqual(refused.code, 503)
         os.kill(pid, signals.SIGCONT)
         await waiting
-        await sleep(0.2)
+        await self.wait_for_deliveries()
         self.assertEqual(receiver.events(), [])
 
     async def test_batch_events_carry_the_source_and_failed_batches_send_none(self) -> None:
@@ -230,8 +242,7 @@ class WebhookTests(ServerTestCase):
             original.truncate(30000)
         failed = await request("POST", f"{self.url}/p/{WINE_DIR}/process?outputs=w40.jpg")
         self.assertEqual(failed.code, 404)
-        await self.wait_for(lambda: receiver.deliveries, "the batch event")
-        await sleep(0.2)
+        await self.wait_for_deliveries()
         self.assertEqual(
             [d["json"]["data"] for d in receiver.deliveries],
             [{"namespace": "p", "hash": WINE_HASH, "source_url": url}],
@@ -244,8 +255,7 @@ class WebhookTests(ServerTestCase):
         receiver = await self.start_with_webhooks(webhook_events="batch_complete,nonsense")
         await self.upload(fixture("wine.jpg"), query="?outputs=w20.jpg")
         await request("POST", f"{self.url}/p/{WINE_DIR}/process?outputs=w20.jpg,w30.jpg")
-        await self.wait_for(lambda: len(receiver.deliveries) == 2, "two batch events")
-        await sleep(0.2)
+        await self.wait_for_deliveries()
         self.assertEqual(receiver.events(), ["image.batch_complete"] * 2)
 
     async def test_no_secret_no_signature(self) -> None:
@@ -299,10 +309,10 @@ class StatsdTests(ServerTestCase):
         await self.upload(b"{}", query=f"?source={source.serve('/w.jpg', fixture('wine.jpg'))}")
         await self.upload(b"{}", query=f"?source={source.base}/missing.jpg")
         await request("GET", f"{self.url}/p/{WINE_DIR}/w10.webp")
-        for _ in range(50):
-            if any(line.startswith("image_server.image_request.webp") for line in listener.lines):
-                break
-            await sleep(0.05)
+        webp = "image_server.image_request.webp"
+        await self.wait_for(
+            lambda: any(line.startswith(webp) for line in listener.lines), "the webp counter"
+        )
         counters = [line for line in listener.lines if line.endswith("|c")]
         self.assertEqual(
             sorted(counters),

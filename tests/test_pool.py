@@ -12,7 +12,7 @@ from twisted.web.client import ResponseNeverReceived
 
 from imageserver.processing.pool import FIXED_MMAP_THRESHOLD, WorkerPool
 from imageserver.processing.worker import NICENESS
-from tests.support import FIXTURES, WINE_DIR, ServerTestCase, request, sleep
+from tests.support import FIXTURES, WINE_DIR, ServerTestCase, request
 
 
 class PoolTests(ServerTestCase):
@@ -32,13 +32,17 @@ class PoolTests(ServerTestCase):
 
         await self.wait_for(replaced, f"{count} workers without {not_pid}")
 
+    async def wait_for_job(self) -> None:
+        """Until a job is in the only worker (handed to it as soon as it is counted)."""
+        await self.wait_for(lambda: self.server.pool.in_flight == 1, "a job in the worker")
+
     async def test_crash_fails_only_its_own_job(self) -> None:
         await self.start_server(max_queue=5)
         await self.upload_wine()
         await request("GET", f"{self.url}/p/{WINE_DIR}/w10.jpg")
         pid = await self.stopped_worker()
         doomed = self.variant("w20.jpg")
-        await sleep(0.2)
+        await self.wait_for_job()
         os.kill(pid, signal.SIGKILL)
         response = await doomed
         self.assert_error(response, 500, "the image worker stopped during the job")
@@ -55,7 +59,7 @@ class PoolTests(ServerTestCase):
         self.assertEqual(ready.code, 200)
         pid = await self.stopped_worker()
         waiting = self.variant("w30.jpg")
-        await sleep(0.2)
+        await self.wait_for_job()
         refused = await self.variant("w40.jpg")
         self.assert_error(refused, 503, "the image workers are busy")
         self.assertEqual(refused.header("Retry-After"), "1")
@@ -88,10 +92,11 @@ class PoolTests(ServerTestCase):
         await self.upload_wine()
         pid = await self.stopped_worker()
         impatient = self.variant("w60.jpg")
-        await sleep(0.2)
+        await self.wait_for_job()
         impatient.cancel()  # the client closes its connection
         self.failureResultOf(impatient, ResponseNeverReceived, CancelledError)
-        await sleep(0.2)
+        site = self.server.site
+        await self.wait_for(lambda: site.in_flight == 0, "the server to see the client leave")
         self.assertEqual(self.server.pool.in_flight, 1)
         refused = await self.variant("w70.jpg")
         self.assertEqual(refused.code, 503)

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 
+from imageserver.backoff import Backoff
 from imageserver.collector import GarbageCollector
 from imageserver.paths import partition
 from imageserver.s3 import Bucket, ChainCredentials, S3Client, S3Error
@@ -24,7 +25,6 @@ from tests.support import (
     fixture,
     image_size,
     request,
-    sleep,
 )
 
 WINE_KEY = f"p/{WINE_DIR}"
@@ -44,8 +44,8 @@ class S3TestCase(ServerTestCase):
             aws_secret_key=secret or self.moto.secret_key,
             **overrides,
         )
-        server.uploads.quick_retries = (0.05, 0.05)
-        server.uploads.background_delays = (0.1, 0.2)
+        server.uploads.quick_retries = Backoff(first=0.05, factor=1.0, retries=2)
+        server.uploads.background_retries = Backoff(first=0.1, factor=2.0, longest=0.2)
         return server
 
     def objects(self) -> dict[str, dict[str, Any]]:
@@ -194,7 +194,7 @@ class RaceTests(S3TestCase):
         os.remove(self.local("p", WINE_DIR, "notes.txt"))
         release = proxy.hold("GET")
         reading = ensureDeferred(request("GET", url))
-        await sleep(0.2)
+        await self.wait_for(lambda: proxy.gets_of("/notes.txt") == 1, "the read-back to be held")
         del proxy.gates[b"GET"]
         self.assertEqual((await request("POST", url, data=b"version 2")).code, 200)
         release.callback(None)
@@ -232,7 +232,7 @@ class RaceTests(S3TestCase):
         await self.start_server(
             aws_bucket=self.bucket, s3_endpoint=self.moto.endpoint, aws_region="us-east-1"
         )
-        self.server.uploads.quick_retries = ()
+        self.server.uploads.quick_retries = Backoff(retries=0)
         await self.wait_for(lambda: self.server.remote.state != "unchecked", "the check")
         ready = await request("GET", f"{self.admin_url}/probe/ready")
         self.assertEqual(ready.code, 200)
@@ -378,7 +378,7 @@ class CollectorTests(S3TestCase):
 
 
 class ScaleOutTests(S3TestCase):
-    """Two server processes, separate local directories, one bucket (DECISIONS D19)."""
+    """Two server processes, separate local directories, one bucket (docs/scaling.md)."""
 
     async def test_two_instances_share_one_bucket(self) -> None:
         self.moto = moto()
