@@ -89,7 +89,8 @@ class SpoolingRequest(TimedRequest):
         self.started = site.reactor.seconds()
         site.request_started()
         self.notifyFinish().addBoth(lambda _: site.request_ended())
-        # The request line is in; Twisted keeps it on the channel until the body has arrived.
+        # The request line is in; Twisted keeps it on the channel until the body has arrived, in
+        # private attributes (tests/test_private_api.py checks them).
         method, uri = getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b"")
         if length == 0:
             self.content = BytesIO()  # type: ignore[assignment]
@@ -179,6 +180,7 @@ class ImageChannel(http.HTTPChannel):
     clients' refused bodies are read and dropped, so they see the answer rather than a reset.
     """
 
+    # Private to Twisted, the only place to hold back the go: tests/test_private_api.py checks it.
     def _send100Continue(self) -> None:
         if not isinstance(self.requests[-1].content, Unread):
             super()._send100Continue()

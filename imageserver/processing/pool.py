@@ -16,13 +16,16 @@ from ampoule import main as ampoule_main
 from ampoule import pool as ampoule_pool
 from ampoule.main import ProcessStarter
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 import imageserver
+from imageserver import logs
 from imageserver.coalesce import shielded
 from imageserver.errors import ImageServerError, Overloaded, ProcessingFailed
 from imageserver.processing import commands
@@ -61,37 +64,88 @@ def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
 # The longest a new worker may take to load libvips and answer its first job.
 WARM_UP_SECONDS = 60
 
+# How a worker starts: ampoule's start-up, with the worker's log as `logs.begin_worker_logging`
+# says (ampoule's own start-up writes every event from info up as text).  ampoule passes the
+# child's reactor and class last.
+WORKER_BOOTSTRAP = f"""\
+import sys
 
-class _Pool(ampoule_pool.ProcessPool):
-    """ampoule's pool, with each worker on a CPU of its own and jobs written out at once.
+from twisted.application import reactors
+
+reactors.installReactor(sys.argv[-2])
+
+from imageserver import logs
+
+logs.begin_worker_logging()
+
+from twisted.internet import reactor, stdio
+from twisted.python import reflect
+
+child = reflect.namedAny(sys.argv[-1])(*sys.argv[1:-2])
+stdio.StandardIO(child, {ampoule_main.TO_CHILD}, {ampoule_main.FROM_CHILD})
+reactor.run()
+"""
+
+
+class _WorkerConnector(ampoule_main.AMPConnector):
+    """ampoule's end of a worker's pipes, with the worker's log relayed at its own level.
+
+    ampoule's own connector logs a line for every worker started, and relays each line a worker
+    writes at error level, whatever it says.
+    """
+
+    def connectionMade(self) -> None:
+        self.relay = logs.WorkerRelay(self.transport.pid)
+        self.amp.makeConnection(self)
+
+    def errReceived(self, data: bytes) -> None:
+        self.relay.feed(data)
+
+    def processEnded(self, status: Failure) -> None:
+        self.relay.flush()
+        super().processEnded(status)
+
+
+class _PinningStarter(ProcessStarter):
+    """ampoule's starter, with each worker on a CPU of its own.
 
     Placement: see `imageserver.processing.placement`.  A new worker is pinned as soon as it is
     spawned, before its interpreter has started a thread, so every thread it makes inherits it.
-
-    Prompt writes: a Twisted transport writes on the reactor's next turn.  When a worker finishes,
-    ampoule hands it the next queued job and then runs the finished job's callbacks, which answer
-    the HTTP request, and the reactor serves whatever else is ready: the worker would wait all
-    that out before its job reaches it.  Measured on 1080p misses (benchmarks/README.md): 0.22 of
-    2 cores idle without this, 0.18 with it, and 7 % more requests per second.
     """
+
+    connectorFactory = _WorkerConnector  # the workers' logs at their own level
 
     def __init__(self, placement: Placement, **options: Any) -> None:
         super().__init__(**options)
         self.placement = placement
 
-    def _addProcess(self, child: Any, finished: Deferred[Any]) -> None:
-        pid = _process(child).pid
+    def startPythonProcess(self, prot: Any, *args: Any) -> tuple[Any, Deferred[Any]]:
+        child, finished = super().startPythonProcess(prot, *args)
+        pid = prot.transport.pid  # the process protocol is connected to its process by now
         cpu = self.placement.choose(child)
         if cpu is not None:
             try:
                 os.sched_setaffinity(pid, {cpu})
             except OSError as error:  # gone already, or the CPU was taken away: run unpinned
                 log.warn("worker {pid} runs unpinned: {error}", pid=pid, error=error)
-        super()._addProcess(child, finished)
+        # Ahead of the pool's own callbacks, so the CPU is free before a replacement starts.
+        finished.addBoth(self._released, child)
+        return child, finished
 
-    def _pruneProcess(self, child: Any) -> None:
-        self.placement.release(child)  # its transport may be gone by now
-        super()._pruneProcess(child)
+    def _released(self, result: object, child: Any) -> object:
+        self.placement.release(child)
+        return result
+
+
+class _Pool(ampoule_pool.ProcessPool):
+    """ampoule's pool, with jobs written out at once.
+
+    A Twisted transport writes on the reactor's next turn.  When a worker finishes, ampoule hands
+    it the next queued job and then runs the finished job's callbacks, which answer the HTTP
+    request, and the reactor serves whatever else is ready: the worker would wait all that out
+    before its job reaches it.  Measured on 1080p misses (benchmarks/README.md): 0.22 of 2 cores
+    idle without this, 0.18 with it, and 7 % more requests per second.
+    """
 
     def _cb_doWork(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
         idle = set(self.ready)
@@ -102,9 +156,27 @@ class _Pool(ampoule_pool.ProcessPool):
                 pipe.doWrite()  # a failure is left for the reactor to see on its next turn
         return job
 
+    def dumpStats(self) -> None:
+        """Nothing: ampoule logs its settings and the workers' whole start-up code here, 40
+        lines at every start; the server's ready line says what an operator needs."""
+
+
+def _no_stacks(reason: Failure, timeout: float) -> str:
+    """What a worker that gave no stacks is doing, as far as the server can tell."""
+    if reason.check(defer.TimeoutError):
+        return (
+            f"no answer within {timeout:g} s: busy with a job (a worker reads the question only"
+            " between jobs), or stopped\n"
+        )
+    return f"no answer: {reason.getErrorMessage()}\n"
+
 
 def _process(child: Any) -> Any:
-    """The Twisted process behind one of ampoule's children (its AMP protocol)."""
+    """The Twisted process behind one of ampoule's children (its AMP protocol).
+
+    This, its ``pipes`` and ampoule's ``_cb_doWork`` are private: tests/test_private_api.py
+    checks each against the versions in constraints.txt.
+    """
     return child.transport.transport
 
 
@@ -132,6 +204,7 @@ class WorkerPool(Service):
         self.in_flight = 0
         self.crashes = 0
         self.ready = False
+        self._ready_waiters: list[Deferred[None]] = []
         self._pool: Any = None
 
     @property
@@ -140,9 +213,13 @@ class WorkerPool(Service):
 
     def startService(self) -> Deferred[None]:
         super().startService()
-        starter = ProcessStarter(env=self.environment, packages=("twisted", "imageserver"))
-        self._pool = _Pool(
+        starter = _PinningStarter(
             self.placement,
+            bootstrap=WORKER_BOOTSTRAP,
+            env=self.environment,
+            packages=("twisted", "imageserver"),
+        )
+        self._pool = _Pool(
             ampChild=Worker,
             min=self.size,
             max=self.size,
@@ -168,9 +245,20 @@ class WorkerPool(Service):
                 log.failure("the image workers failed to start", failures[0])  # type: ignore[arg-type]
                 return
             self.ready = True
-            log.info("{size} image workers ready", size=self.size)
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
         return DeferredList(warming, consumeErrors=True).addCallback(_ready)
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once every worker has answered (at once if they have); never if they cannot
+        start, which the pool logs.  For the server's ready line, and commands that wait."""
+        if self.ready:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._ready_waiters.append(waiter)
+        return waiter
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -185,6 +273,26 @@ class WorkerPool(Service):
         if self._pool is None:
             return []
         return [_process(child).pid for child in self._pool.processes]
+
+    def stacks(self, clock: IReactorTime, timeout: float) -> Deferred[dict[int, str]]:
+        """Every live worker's thread stacks (`commands.Stacks`), by process id.
+
+        Each worker is asked directly, not through the queue, so a full queue does not hide it.
+        An idle worker answers at once; one in a job reads the question only when the job is
+        done (libvips holds its only thread), so after ``timeout`` seconds it is reported busy.
+        """
+        children = list(self._pool.processes) if self._pool is not None else []
+        pids = [_process(child).pid for child in children]
+        answers = []
+        for child in children:
+            # Shielded: the timeout cancels our copy, and the late answer lands harmlessly.
+            answer = shielded(maybeDeferred(child.callRemote, commands.Stacks))
+            answer.addTimeout(timeout, clock)
+            answer.addCallback(lambda result: result["stacks"])
+            answer.addErrback(_no_stacks, timeout)
+            answers.append(answer)
+        gathered: Deferred[list[str]] = gatherResults(answers)
+        return gathered.addCallback(lambda texts: dict(zip(pids, texts, strict=True)))
 
     def identify(self, path: str, max_pixels: int) -> Deferred[dict[str, Any]]:
         return self._submit(commands.Identify, path=path, max_pixels=max_pixels)
