@@ -1,5 +1,5 @@
-"""The ``image-server`` command (DECISIONS D18): ``server``, ``cli``, ``generate-secret``,
-``sign-url`` and ``version``.
+"""The ``image-server`` command: ``server``, ``cli``, ``generate-secret``, ``sign-url`` and
+``version``.
 
 Server flags may stand before or after the subcommand, as with the Go binary (the Ruby client's
 spawner runs ``image-server --port=7000 --outputs='' server``).
@@ -8,18 +8,23 @@ spawner runs ``image-server --port=7000 --outputs='' server``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import errno
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 import imageserver
 from imageserver import paths
 from imageserver.errors import ImageServerError, InvalidParameter
 from imageserver.names import check_servable, parse_name
-from imageserver.options import CONFIG_FIELDS, ServerOptions
+from imageserver.options import CONFIG_FIELDS, Config, FlagOptions, ServerOptions
 from imageserver.signature import Signer, generate_secret, parse_duration
 
 # The namespace ``cli`` stores into when --namespace is not given.
@@ -41,15 +46,48 @@ Version {imageserver.__version__}.
 """
 
 
-def version_text() -> str:
+# The checkout the package runs from, when it runs from one (an editable install, bin/serve).
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(imageserver.__file__)))
+
+
+def version_text(checkout: str = CHECKOUT) -> str:
+    """The Go server's three lines: version, git hash and build time."""
+    git_hash, timestamp = build_details(checkout)
     return (
         f"images version [{imageserver.__version__}]\n"
-        f"git hash [{imageserver.GIT_HASH}]\n"
-        f"build timestamp [{imageserver.BUILD_TIMESTAMP}]\n"
+        f"git hash [{git_hash}]\n"
+        f"build timestamp [{timestamp}]\n"
     )
 
 
-class GenerateSecretOptions(usage.Options):
+def build_details(checkout: str) -> tuple[str, str]:
+    """The commit the code is at and that commit's time (UTC), read from the checkout when the
+    package runs from one; else the Go server's placeholders (a wheel or the Docker image carries
+    no history, and git may be absent).
+
+    Only a checkout whose root holds the package counts: a virtualenv inside some other project's
+    repository must not report that project's commit.
+    """
+    unknown = imageserver.GIT_HASH, imageserver.BUILD_TIMESTAMP
+    if not os.path.exists(os.path.join(checkout, ".git")):
+        return unknown
+    try:
+        found = subprocess.run(
+            ["git", "-C", checkout, "log", "-1", "--format=%H %ct"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        commit, seconds = found.stdout.split()
+        when = datetime.fromtimestamp(int(seconds), UTC)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return unknown
+    return commit, when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class GenerateSecretOptions(FlagOptions):
+    synopsis = "Usage: image-server generate-secret [options]"
     optParameters = [
         ["length", None, "32", "Random bytes in each secret (at least 16)."],
         ["count", None, "1", "How many secrets."],
@@ -65,7 +103,8 @@ class GenerateSecretOptions(usage.Options):
                 raise usage.UsageError(f"--{flag}: at least {minimum}")
 
 
-class SignUrlOptions(usage.Options):
+class SignUrlOptions(FlagOptions):
+    synopsis = "Usage: image-server sign-url --secret SECRET --path PATH [options]"
     optParameters = [
         ["secret", None, "", "The signing secret."],
         ["path", None, "", "The path (or path prefix) to sign."],
@@ -82,11 +121,21 @@ class SignUrlOptions(usage.Options):
         try:
             self["ttl_seconds"] = parse_duration(self["ttl"])
         except ValueError as error:
-            raise usage.UsageError(str(error)) from None
+            raise usage.UsageError(
+                f"--ttl: {error}: a number and a unit, as in 90s, 15m or 1h30m"
+            ) from None
+
+
+class ServerCommandOptions(ServerOptions):
+    """The server's flags, as ``image-server server`` takes them."""
+
+    synopsis = "Usage: image-server server [options]"
 
 
 class CliOptions(ServerOptions):
     """The server's flags (store, workers, bucket, outputs) and the path to import."""
+
+    synopsis = "Usage: image-server cli PATH --outputs NAMES [options]"
 
     def parseArgs(self, path: str | None = None) -> None:
         if path is None:
@@ -103,13 +152,16 @@ class CliOptions(ServerOptions):
             raise usage.UsageError("--namespace: lowercase letters, digits, '_' and '-' only")
         try:
             paths.check_namespace(self.namespace)
+        except ImageServerError as error:
+            raise usage.UsageError(f"--namespace: {error.message}") from None
+        try:
             for name in self.config.outputs:
                 variant = parse_name(name, self.config.default_quality, self.config.maximum_width)
                 check_servable(variant, allowed_extensions=frozenset())
                 if variant.output_format is None:
                     raise InvalidParameter(f"{name}: not an image format this server writes")
         except ImageServerError as error:
-            raise usage.UsageError(error.message) from None
+            raise usage.UsageError(f"--outputs: {error.message}") from None
 
     @property
     def namespace(self) -> str:
@@ -136,9 +188,13 @@ def split_command(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     command, rest = split_command(sys.argv[1:] if argv is None else argv)
+    if "--version" in rest:  # ours, not the Twisted version that `usage.Options` would print
+        command = "version"
     if command is None:
         if rest and rest[0] not in ("-h", "--help"):
-            print(f"image-server: unknown command or flag: {rest[0]}", file=sys.stderr)
+            nearest = difflib.get_close_matches(rest[0], COMMANDS, n=1)
+            hint = f"; did you mean {nearest[0]}?" if nearest else ""
+            print(f"image-server: unknown command or flag: {rest[0]}{hint}", file=sys.stderr)
             print(USAGE, file=sys.stderr)
             return 1
         print(USAGE)
@@ -147,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(version_text(), end="")
         return 0
     options = {
-        "server": ServerOptions,
+        "server": ServerCommandOptions,
         "cli": CliOptions,
         "generate-secret": GenerateSecretOptions,
         "sign-url": SignUrlOptions,
@@ -172,24 +228,47 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_server(options: ServerOptions) -> int:
-    """Start the server on the global reactor, log to stdout, stop cleanly on SIGINT/SIGTERM."""
+    """Start the server on the global reactor, log to stdout, stop cleanly on SIGINT/SIGTERM.
+
+    Logging begins once the start has succeeded (Twisted keeps what was logged until then): a
+    start that fails says why in one line, without first saying that the sites are starting.
+    """
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
     from imageserver import logs
     from imageserver.service import ImageServer
 
-    json_lines = options.config.log_format == "json"
-    globalLogBeginner.beginLoggingTo([logs.json_stdout() if json_lines else logs.text_stdout()])
     server = ImageServer(options.config, reactor)
     try:
         server.startService()
+    except usage.UsageError as error:  # a flag's value that only starting could try
+        print(f"image-server: {error}", file=sys.stderr)
+        return 1
+    except CannotListenError as error:
+        print(f"image-server: {_listen_problem(error, options.config)}", file=sys.stderr)
+        return 1
     except Exception as error:  # one line, not a traceback, for a failed start
         print(f"image-server: cannot start: {error}", file=sys.stderr)
         return 1
+    json_lines = options.config.log_format == "json"
+    globalLogBeginner.beginLoggingTo([logs.json_stdout() if json_lines else logs.text_stdout()])
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.run()
     return 0
+
+
+def _listen_problem(error: CannotListenError, config: Config) -> str:
+    """A site that could not listen, in one line naming the flag to change: the port's when it
+    is taken or privileged, else ``--listen`` (not an address, or not one of this machine's)."""
+    reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+    where = f"{error.interface or '*'}:{error.port}"
+    if getattr(error.socketError, "errno", None) in (errno.EADDRINUSE, errno.EACCES):
+        # With both flags the same, the main site binds first and the admin site fails.
+        main = error.port == config.port and config.port != config.admin_port
+        flag = "--port" if main else "--admin-port"
+        return f"{flag} {error.port}: cannot listen on {where}: {reason}"
+    return f"--listen {config.listen}: cannot listen on {where}: {reason}"
 
 
 def run_cli(options: CliOptions) -> int:
@@ -211,7 +290,7 @@ def run_cli(options: CliOptions) -> int:
 
 
 async def _import(reactor: Any, options: CliOptions, out: TextIO, err: TextIO) -> int:
-    from twisted.internet.task import deferLater
+    from twisted.internet.defer import TimeoutError
 
     from imageserver import bulk
     from imageserver.service import Engine
@@ -223,13 +302,15 @@ async def _import(reactor: Any, options: CliOptions, out: TextIO, err: TextIO) -
         err.write(f"warning: nothing to import in {options['path']}\n")
         return 0
     engine = Engine(config, reactor)
-    engine.startService()
     try:
-        for _ in range(int(POOL_START_SECONDS / 0.05)):
-            if engine.pool.ready:
-                break
-            await deferLater(reactor, 0.05, lambda: None)
-        else:
+        engine.startService()
+    except usage.UsageError as error:
+        err.write(f"image-server: {error}\n")
+        return 1
+    try:
+        try:
+            await engine.pool.when_ready().addTimeout(POOL_START_SECONDS, reactor)
+        except TimeoutError:
             err.write("image-server: the image workers did not start\n")
             return 1
         done = 0

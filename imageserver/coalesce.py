@@ -1,4 +1,4 @@
-"""One job for many identical concurrent requests (DECISIONS D11)."""
+"""One job for many identical concurrent requests (docs/api.md#processing)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The errors that reach a client, each with the HTTP status it is answered with.
 
-Every failure a user can cause is one of these, so the web layer maps them to a JSON body (DECISIONS
-D2) in one place and never shows a traceback.  Messages keep the Go server's prefixes where clients
-match on them (the Ruby gem classifies 404 bodies by prefix, SPEC §16).
+Every failure a user can cause is one of these, so the web layer maps them to a JSON body
+(docs/api.md#errors) in one place and never shows a traceback.  Messages keep the Go server's
+prefixes where clients match on them (the Ruby gem classifies 404 bodies by prefix:
+docs/api.md#message-prefixes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What happened to images, told to whoever listens: webhooks, statsd (DECISIONS D15, D16).
+"""What happened to images, told to whoever listens: webhooks and statsd (docs/metrics.md).
 
 `Images` reports each event once to an `Events` sink; the sinks decide what to send.  Nothing a
 sink does may delay or fail the request that caused the event, so every method returns at once.

@@ -1,6 +1,7 @@
 """Source downloads (``POST /{ns}?source=URL``): streamed to a `Spool`, bounded in size and time.
 
-Errors keep the Go server's wording where the Ruby client classifies them (SPEC §8.1, §16):
+Errors keep the Go server's wording where the Ruby client classifies them
+(docs/api.md#message-prefixes):
 ``Unable to download image: <url>, status code: N`` for a bad status, ``dial tcp`` for a connection
 that failed, ``i/o timeout`` at the end of a timeout.  The HTTP client is injected, so the address
 guard can wrap its agent without this module knowing.

@@ -1,8 +1,8 @@
-"""The signature check in front of the main site (DECISIONS D14).
+"""The signature check in front of the main site (docs/api.md#signed-urls).
 
 It wraps the whole site, so no route, and no stored file, is reached unsigned: the Go server's
 static handler served existing files before its check, which made read signatures optional in
-practice (SPEC §15 #13).
+practice (docs/api.md#go-differences).
 """
 
 from __future__ import annotations

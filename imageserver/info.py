@@ -1,4 +1,4 @@
-"""Image details: what an upload answers and what ``info.json`` stores (SPEC §7.2).
+"""Image details: what an upload answers and what ``info.json`` stores (docs/api.md#storage).
 
 The two encodings differ on purpose: ``info.json`` is compact with no trailing newline, byte for
 byte what the Go server writes, so buckets are interchangeable; the upload response is

@@ -22,7 +22,7 @@ class Lifecycle:
         self.shutting_down = False
 
     def health(self) -> tuple[int, str]:
-        """Status and message for a health check (SPEC §4.6, with 503 as DECISIONS D17 says)."""
+        """Status and message for a health check (docs/api.md#health)."""
         if self.shutting_down:
             return 503, "Shutting down"
         if not self._is_ready():

@@ -50,7 +50,7 @@ SNIFF_BYTES = 16
 
 
 def for_name(name: str) -> str:
-    """A stored file's content type, from its extension (SPEC §9.3 with real types, §15 #26)."""
+    """A stored file's content type, from its extension (docs/api.md#storage)."""
     _, dot, extension = name.rpartition(".")
     if not dot:
         return "application/octet-stream"

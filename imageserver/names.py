@@ -1,4 +1,4 @@
-"""The variant file-name grammar (SPEC §5, DECISIONS D3): a file name in, a `Variant` out.
+"""The variant file-name grammar (docs/names.md): a file name in, a `Variant` out.
 
 Pure: no I/O, so every rule here is property-tested.  The Go server never rejects a name; we reject
 the ones that cannot mean anything (zero sizes, qualities outside 1-100, sizes over the maximum)

@@ -1,4 +1,4 @@
-"""Every server flag in one table: name, default, environment variable, validation (SPEC §11.5).
+"""Every server flag in one table: name, default, environment variable, validation.
 
 `Config` is the table.  `ServerOptions` (for ``twistd imageserver`` and ``image-server server``) is
 generated from it, so a flag cannot exist in one and not the other, and the configuration reference
@@ -10,7 +10,9 @@ can be generated from the same fields.  Flags take the Go spelling (``--local_ba
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +61,12 @@ class Config:
     port: int = _flag(7000, "Port of the main site.", check=_between(0, 65535))
     listen: str = _flag("127.0.0.1", "Address both sites listen on.")
     admin_port: int = _flag(
-        7002, "Port of the admin site (probes, metrics).", check=_between(0, 65535)
+        7002, "Port of the admin site (probes, metrics, console).", check=_between(0, 65535)
+    )
+    admin_token: str = _flag(
+        "",
+        "Token that lets the admin site's console upload and sign URLs (a bearer token, or its"
+        " login form); empty: the console only reads.",
     )
     local_base_path: str = _flag("public", "Directory of the local store.")
     extensions: tuple[str, ...] = _flag(
@@ -148,7 +155,15 @@ class Config:
         "text", "Log lines as text or json (for log shippers).", check=_one_of("text", "json")
     )
     gomaxprocs: int = _flag(0, "Accepted for compatibility with the Go server; no effect.")
-    profile: bool = _flag(False, "Accepted for compatibility with the Go server; no effect.")
+    profile: bool = _flag(
+        False,
+        "Serve CPU profiles, thread stacks and the heap's top allocations on"
+        " 127.0.0.1:--profile-port (docs/profiling.md); traces allocations, which slows the"
+        " server.",
+    )
+    profile_port: int = _flag(
+        6060, "Port of the debug site (with --profile), on 127.0.0.1.", check=_between(0, 65535)
+    )
     enable_statsd: bool = _flag(False, "Send statsd metrics.")
     statsd_host: str = _flag("127.0.0.1", "statsd host.")
     statsd_port: int = _flag(8125, "statsd port.", check=_between(1, 65535))
@@ -168,7 +183,7 @@ class Config:
             "admin_port", "allow_private_sources", "log_format", "s3_endpoint", "s3_acl",
             "s3_timeout", "max_queue", "processing_timeout", "worker_max_jobs", "pin_workers",
             "max_upload_bytes", "max_source_pixels", "max_variants_per_image", "require_signature",
-            "allowed_variants",
+            "allowed_variants", "profile_port", "admin_token",
             "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
             "webhook_url", "webhook_secret", "webhook_timeout", "webhook_events",
         }
@@ -228,16 +243,54 @@ def _convert(config_field: dataclasses.Field[Any], raw: str) -> Any:
     return value
 
 
-class ServerOptions(usage.Options):
+def _usage_help(config_field: dataclasses.Field[Any]) -> str:
+    """A flag's help for ``--help``, with its default: usage shows none itself, as every option
+    defaults to None there (so that the environment can stand in for a flag not given)."""
+    default = config_field.default
+    if isinstance(default, bool):
+        shown = "true" if default else ""
+    elif isinstance(default, tuple):
+        shown = ",".join(default)
+    else:
+        shown = str(default)
+    help_text: str = config_field.metadata["help"]
+    return f"{help_text} [default: {shown}]" if shown else help_text
+
+
+_UNKNOWN_FLAG = re.compile(r"option --(\S+) not recognized")
+
+
+class FlagOptions(usage.Options):
+    """`usage.Options` that answers a flag it does not know with the nearest one it does."""
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            unknown = _UNKNOWN_FLAG.fullmatch(str(error))
+            if unknown is None:
+                raise
+            known = {flag.replace("-", "_"): flag for flag in self.flag_names()}
+            nearest = difflib.get_close_matches(unknown[1].replace("-", "_"), known, n=1)
+            if not nearest:
+                raise
+            raise usage.UsageError(f"{error}; did you mean --{known[nearest[0]]}?") from None
+
+    def flag_names(self) -> list[str]:
+        """Every long flag, as the user should spell it."""
+        return [option.rstrip("=") for option in self.longOpt]
+
+
+class ServerOptions(FlagOptions):
     """The server's flags, as `twisted.python.usage` options built from `Config`."""
 
     optParameters: ClassVar[list[list[Any]]] = [
-        [name, None, None, f.metadata["help"]]
+        [name, None, None, _usage_help(f)]
         for name, f in CONFIG_FIELDS.items()
         if not isinstance(f.default, bool)
     ]
     optFlags: ClassVar[list[list[Any]]] = [
-        [name, None, f.metadata["help"]]
+        [name, None, _usage_help(f)]
         for name, f in CONFIG_FIELDS.items()
         if isinstance(f.default, bool)
     ]
@@ -252,6 +305,9 @@ class ServerOptions(usage.Options):
         """Accept ``--a-b``/``--a_b`` and Go-style ``--flag=false`` before handing over to usage."""
         args = list(sys.argv[1:] if options is None else options)
         super().parseOptions(self._normalise(args))
+
+    def flag_names(self) -> list[str]:
+        return [Config.flag_name(name) for name in super().flag_names()]
 
     def _normalise(self, args: list[str]) -> list[str]:
         """Flags with underscores, booleans set aside, and positional arguments last (so that

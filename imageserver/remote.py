@@ -1,4 +1,4 @@
-"""The remote store: the S3 client seen through the storage layout (SPEC §1, DECISIONS D8).
+"""The remote store: the S3 client seen through the storage layout (docs/api.md#storage).
 
 Keys are ``remote_base_path`` joined to the same relative paths as the local store, so a bucket
 written by the Go server reads here and the other way round.  Reading back is coalesced: many

@@ -9,15 +9,18 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.application import internet, service
 from twisted.internet.defer import Deferred
+from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
 
-from imageserver import collector, paths
+from imageserver import collector, logs, paths
 from imageserver.addresses import GuardedReactor
-from imageserver.admin import AdminApp
+from imageserver.admin import AdminApp, Console
 from imageserver.collector import GarbageCollector
+from imageserver.debug import Debugger
 from imageserver.events import Events, Fanout
 from imageserver.fetch import SourceDownloader
 from imageserver.guard import SignatureGuard, is_signed
+from imageserver.history import History
 from imageserver.images import ImageLimits, Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.metrics import Metrics
@@ -33,7 +36,7 @@ from imageserver.uploader import NoUploads, Uploader
 from imageserver.web import MainApp
 from imageserver.webhooks import WebhookSender, enabled_events
 
-# Redirects a source download may follow (DECISIONS D13).
+# Redirects a source download may follow (docs/security.md#source-urls).
 MAX_REDIRECTS = 5
 # How long a shutdown waits for in-flight requests (the Go server's drain).
 DRAIN_SECONDS = 30.0
@@ -143,7 +146,13 @@ class Engine(service.MultiService):
         )
 
     def startService(self) -> None:
-        self.store.prepare()
+        try:
+            self.store.prepare()
+        except OSError as error:  # the one start-up step that can fail on a flag's value
+            problem = error.strerror or str(error)
+            raise usage.UsageError(
+                f"--local_base_path: cannot use {self.store.base}: {problem}"
+            ) from error
         super().startService()
         if self.remote is not None:
             self.remote.start_checking()
@@ -211,14 +220,41 @@ class ImageServer(service.MultiService):
         )
         self.main_port = internet.TCPServer(config.port, self.site, interface=config.listen)
         self.main_port.setServiceParent(self)
-        admin_site = LoggingSite(AdminApp(self.lifecycle, self.metrics).resource(), reactor=reactor)
+        self.history = History(self.metrics.registry, reactor)
+        self.history.setServiceParent(self)
+        console = Console(
+            config,
+            self.store,
+            self.pool,
+            self.history,
+            self.main_port,
+            None if validator is None else validator.secrets,
+            reactor,
+        )
+        admin_app = AdminApp(self.lifecycle, self.metrics, console)
+        admin_site = LoggingSite(admin_app.resource(), reactor=reactor)
         self.admin_port = internet.TCPServer(config.admin_port, admin_site, interface=config.listen)
         self.admin_port.setServiceParent(self)
+        self.debugger: Debugger | None = None
+        if config.profile:
+            self.debugger = Debugger(self.pool, reactor, config.profile_port)
+            self.debugger.setServiceParent(self)
         engine.setServiceParent(self)
         if self.remote is not None:
             GarbageCollector(
                 self.store, self.remote, self.uploads, config.max_file_age, reactor, gc_interval
             ).setServiceParent(self)
+
+    def startService(self) -> None:
+        """Start, and log the ready line once the workers are up."""
+        super().startService()
+        self.pool.when_ready().addCallback(self._log_ready)
+
+    def _log_ready(self, _: None) -> None:
+        # The ports bound, which differ from the flags' for 0; bound before the workers started.
+        main, admin = self.main_port._port, self.admin_port._port
+        assert main is not None and admin is not None
+        logs.log_ready(self.config, main.getHost().port, admin.getHost().port)
 
     async def _stop(self) -> None:
         self.lifecycle.shutting_down = True

@@ -1,4 +1,4 @@
-"""statsd (README "Monitoring", SPEC §12.2): counters and timings over UDP, from the reactor.
+"""statsd (docs/metrics.md): counters and timings over UDP, from the reactor.
 
 The names are the README's (``image_request``, ``image_request.{format}``,
 ``image_request_fail``, ``original_downloaded``, ``original_unavailable``), each after

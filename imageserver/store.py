@@ -1,9 +1,9 @@
-"""The local store: ``local_base_path`` laid out as SPEC §1, written only by atomic renames.
+"""The local store: ``local_base_path`` laid out as docs/api.md#storage says, written by renames.
 
 Temporary files (upload spools, downloads, worker output) all live in ``tmp/`` under the base, on
 the same filesystem as the images, so moving a finished file into place is one ``rename`` and a
-reader never sees half a file (DECISIONS D9).  ``tmp/`` is emptied at start-up: anything there was
-left by a crash and never answered to a client.
+reader never sees half a file.  ``tmp/`` is emptied at start-up: anything there was left by a crash
+and never answered to a client.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The main site (SPEC §3, §4): upload, variants, batches, attachments and ``/status_check``.
+"""The main site (docs/api.md#routes): upload, variants, batches, attachments and ``/status_check``.
 
 Handlers only translate HTTP to `Images` calls and back; every failure becomes a JSON error through
-one handler (DECISIONS D2).
+one handler (docs/api.md#errors).
 """
 
 from __future__ import annotations
@@ -114,6 +114,9 @@ class MainApp:
                 any_variant=self.any_variant(request),
             )
         request.setResponseCode(200)
+        # An empty answer, as the Go server's: no Content-Type (Twisted's default, text/html,
+        # would announce a page), which Twisted leaves out when the length is set to 0.
+        request.setHeader(b"Content-Length", b"0")
         return b""
 
     @app.route(IMAGE + "/<name>", methods=["GET", "HEAD"])
@@ -146,7 +149,7 @@ class MainApp:
                 )
             find = images.obtain if missing_here and not varies else images.resolve
             path = await find(namespace, image_hash, served, self.allowed_extensions, any_variant)
-        resource = _stored_file(path, namespace, image_hash, served)
+        resource = _stored_file(images, path, namespace, image_hash, served)
         if varies:
             resource.extra_headers = {b"Vary": b"Accept", b"Content-Location": served.encode()}
         return resource
@@ -223,7 +226,8 @@ class _Files(Resource):
             with self.app.timed("resize_image"):
                 try:
                     self.app.images.check_stored_allowed(route[2], self.app.any_variant(request))
-                    served: bytes | int = _stored_file(path, *route).render(request)
+                    stored = _stored_file(self.app.images, path, *route)
+                    served: bytes | int = stored.render(request)
                 except ImageServerError:
                     served = _error_answer(request, Failure())
                 return served
@@ -270,8 +274,11 @@ def _answer_error(request: Request, gone: Deferred[None], failure: Failure) -> N
     request.finish()
 
 
-def _stored_file(path: str, namespace: str, image_hash: str, name: str) -> CachedFile:
-    return CachedFile(path, paths.relative_path(namespace, image_hash, name))
+def _stored_file(
+    images: Images, path: str, namespace: str, image_hash: str, name: str
+) -> CachedFile:
+    relative = paths.relative_path(namespace, image_hash, name)
+    return CachedFile(path, relative, images.known_type(namespace, image_hash, name))
 
 
 def _image_hash(namespace: str, parts: dict[str, str]) -> str:

@@ -56,9 +56,12 @@ class CliOptionTests(unittest.SynchronousTestCase):
         for args, message in [
             (["/nonexistent/images", "--outputs", "w1.jpg"], "/nonexistent/images: no such file"),
             ([here, "--outputs", "w1.jpg", "--namespace", "Bad"], "--namespace: lowercase"),
-            ([here, "--outputs", "w1.jpg", "--namespace", "tmp"], "invalid namespace: 'tmp'"),
-            ([here, "--outputs", "bogus!"], "bogus!: not an image format this server writes"),
-            ([here, "--outputs", "w1.bmp"], "w1.bmp: cannot write 'bmp'"),
+            (
+                [here, "--outputs", "w1.jpg", "--namespace", "tmp"],
+                "--namespace: invalid namespace: 'tmp'",
+            ),
+            ([here, "--outputs", "bogus!"], "--outputs: bogus!: not an image format"),
+            ([here, "--outputs", "w1.bmp"], "--outputs: w1.bmp: cannot write 'bmp'"),
         ]:
             error = self.assertRaises(UsageError, CliOptions({}).parseOptions, args)
             self.assertTrue(str(error).startswith(message), (args, str(error)))

@@ -4,25 +4,40 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
+import subprocess
 import time
+from collections.abc import Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial import unittest
 
+from imageserver.cli import CHECKOUT
 from imageserver.paths import partition
 from imageserver.signature import Validator
-from tests.processes import IMAGE_SERVER, TWISTD, ServerProcess, children, start_process
-from tests.support import fixture, raw_connection, request, sleep
+from tests.processes import (
+    IMAGE_SERVER,
+    TWISTD,
+    ServerProcess,
+    children,
+    free_port,
+    start_process,
+)
+from tests.support import ServerTestCase, fixture, raw_connection, request
 
 
-class CommandTests(unittest.TestCase):
+class CommandTests(ServerTestCase):
+    """The commands as processes (`ServerTestCase` for its `wait_for`; no server of its own)."""
+
     timeout = 120
 
-    async def run_command(self, *args: str) -> tuple[str, str, int]:
+    async def run_command(
+        self, *args: str, env: Mapping[str, str] = os.environ
+    ) -> tuple[str, str, int]:
         out, err, code = await getProcessOutputAndValue(
-            args[0], args[1:], env=os.environ, path=self.mktemp_dir()
+            args[0], args[1:], env=env, path=self.mktemp_dir()
         )
         return out.decode(), err.decode(), code
 
@@ -36,10 +51,30 @@ class CommandTests(unittest.TestCase):
         return running.process, running.url
 
     async def test_version(self) -> None:
-        out, _, code = await self.run_command(IMAGE_SERVER, "version")
-        self.assertEqual(code, 0)
-        self.assertEqual(out.splitlines()[0], "images version [0.1.0]")
-        self.assertEqual(len(out.splitlines()), 3)
+        """The Go server's three lines, also for ``--version``; the hash is the checkout's, and
+        the Go server's placeholder where git cannot tell (here: no git on the PATH)."""
+        if not os.path.exists(os.path.join(CHECKOUT, ".git")) or shutil.which("git") is None:
+            self.skipTest("not run from a git checkout")
+        head = subprocess.run(
+            ["git", "-C", CHECKOUT, "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        for flag in ("version", "--version"):
+            out, _, code = await self.run_command(IMAGE_SERVER, flag)
+            self.assertEqual(code, 0)
+            lines = out.splitlines()
+            self.assertEqual(lines[:2], ["images version [0.1.0]", f"git hash [{head}]"])
+            self.assertRegex(lines[2], r"^build timestamp \[\d{4}-\d\d-\d\dT[\d:]{8}Z\]$")
+        out, _, code = await self.run_command(IMAGE_SERVER, "version", env={"PATH": ""})
+        self.assertEqual(
+            (code, out.splitlines()[1:]),
+            (
+                0,
+                [
+                    "git hash [GitHash is not defined]",
+                    "build timestamp [BuildTimestamp is not defined]",
+                ],
+            ),
+        )
 
     async def test_generate_secret(self) -> None:
         out, _, code = await self.run_command(
@@ -73,8 +108,13 @@ class CommandTests(unittest.TestCase):
             (["--secret", "s"], "image-server: --path is required"),
             (
                 ["--secret", "s", "--path", "/x", "--ttl", "3d"],
-                "image-server: invalid TTL duration",
+                "image-server: --ttl: invalid TTL duration: '3d': a number and a unit,",
             ),
+            (
+                ["--secret", "s", "--path", "/x", "--ttl", "15"],
+                "image-server: --ttl: invalid TTL duration: '15': a number and a unit, as in 90s,",
+            ),
+            (["--secret", "s", "--pth", "/x"], "image-server: option --pth not recognized; did"),
         ]:
             _, err, code = await self.run_command(IMAGE_SERVER, "sign-url", *args)
             self.assertEqual(code, 1)
@@ -125,6 +165,10 @@ class CommandTests(unittest.TestCase):
         self.assertEqual((code, err), (1, "image-server: CLI requires the path\n"))
         _, err, code = await self.run_command(IMAGE_SERVER, "cli", "somewhere")
         self.assertEqual((code, err), (1, 'image-server: required flag(s) "outputs" not set\n'))
+        here = os.path.abspath(self.mktemp_dir())
+        _, err, code = await self.run_command(IMAGE_SERVER, "cli", here, "--outputs", "bogus")
+        self.assertEqual(code, 1)
+        self.assertTrue(err.startswith("image-server: --outputs: bogus"), err)
 
     async def test_bad_flag_is_one_line(self) -> None:
         _, err, code = await self.run_command(IMAGE_SERVER, "server", "--port", "abc")
@@ -136,6 +180,99 @@ class CommandTests(unittest.TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn("--maximum_width: must be at least 0", out + err)
         self.assertNotIn("Traceback", out + err)
+
+    async def test_start_up_failures_name_their_flag(self) -> None:
+        """One line on stderr, naming the flag to change; nothing logged before it."""
+        a_file = os.path.abspath(os.path.join(self.mktemp_dir(), "a-file"))
+        with open(a_file, "w") as f:
+            f.write("not a directory")
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        for flags, line in [
+            (
+                ["--local_base_path", a_file],
+                f"--local_base_path: cannot use {a_file}: Not a directory",
+            ),
+            (["--listen", "999.1.1.1"], "--listen 999.1.1.1: cannot listen on 999.1.1.1:"),
+            (["--port", str(port)], f"--port {port}: cannot listen on 127.0.0.1:{port}: Address"),
+            (
+                ["--admin-port", str(port)],
+                f"--admin-port {port}: cannot listen on 127.0.0.1:{port}: Address",
+            ),
+        ]:
+            ports = ["--port", str(free_port()), "--admin-port", str(free_port())]
+            out, err, code = await self.run_command(IMAGE_SERVER, "server", *ports, *flags)
+            self.assertEqual((code, out), (1, ""), err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertTrue(err.startswith(f"image-server: {line}"), err)
+        images = os.path.abspath(self.mktemp_dir())
+        with open(os.path.join(images, "wine.jpg"), "wb") as f:
+            f.write(fixture("wine.jpg"))
+        _, err, code = await self.run_command(
+            IMAGE_SERVER, "cli", images, "--outputs", "w10.jpg", "--local_base_path", a_file
+        )
+        self.assertEqual(
+            (code, err),
+            (1, f"image-server: --local_base_path: cannot use {a_file}: Not a directory\n"),
+        )
+
+    async def test_an_unknown_flag_or_command_is_answered_with_the_nearest(self) -> None:
+        _, err, code = await self.run_command(IMAGE_SERVER, "server", "--prot", "7430")
+        self.assertEqual(
+            (code, err), (1, "image-server: option --prot not recognized; did you mean --port?\n")
+        )
+        out, err, code = await self.run_command(TWISTD, "-n", "imageserver", "--prot", "7430")
+        self.assertNotEqual(code, 0)
+        self.assertIn("option --prot not recognized; did you mean --port?", out + err)
+        _, err, code = await self.run_command(IMAGE_SERVER, "serve")
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err.splitlines()[0],
+            "image-server: unknown command or flag: serve; did you mean server?",
+        )
+
+    async def test_help_names_the_command_and_shows_defaults(self) -> None:
+        out, _, code = await self.run_command(IMAGE_SERVER, "server", "--help")
+        self.assertEqual(code, 0)
+        self.assertTrue(out.startswith("Usage: image-server server [options]\n"), out[:200])
+        self.assertIn("Port of the main site. [default: 7000]", " ".join(out.split()))
+        out, _, code = await self.run_command(IMAGE_SERVER, "sign-url", "--help")
+        self.assertEqual(code, 0)
+        self.assertIn("[default: 15m]", out)
+
+    async def test_one_ready_line_and_no_errors_on_a_clean_start(self) -> None:
+        """Once the workers are up: where the sites listen, how many workers, which store.
+        Neither ampoule's settings nor the workers' start-up lines (once at error level)."""
+        running = await start_process(
+            self, [IMAGE_SERVER, "server"], ["--processor_concurrency", "2"]
+        )
+        await self.wait_for(lambda: b"listening on" in running.process.output, "the ready line")
+        await request("GET", running.url + "/status_check")
+        os.kill(running.process.pid, signal.SIGTERM)
+        self.assertEqual(await running.process.ended, 0)
+        output = running.process.output.decode()
+        [ready] = [line for line in output.splitlines() if "listening on" in line]
+        self.assertTrue(
+            ready.endswith(
+                f"[imageserver#info] listening on {running.url} (admin {running.admin_url}),"
+                f" 2 workers, store {running.store}"
+            ),
+            ready,
+        )
+        for noise in ("#error]", "#critical]", "ProcessPool stats", "Subprocess", "FROM "):
+            self.assertNotIn(noise, output)
+
+    async def test_process_answers_an_empty_body_without_a_type(self) -> None:
+        """``POST …/process``: 200 and nothing, as the Go server answers (no text/html)."""
+        running = await start_process(self, [IMAGE_SERVER, "server"])
+        response = await request("POST", running.url + "/p", data=fixture("wine.jpg"))
+        directory = partition(response.json()["hash"])
+        answer = await request("POST", f"{running.url}/p/{directory}/process?outputs=x10.jpg")
+        self.assertEqual((answer.code, answer.body), (200, b""))
+        self.assertIsNone(answer.header("Content-Type"))
 
     async def test_no_command_prints_usage(self) -> None:
         out, _, code = await self.run_command(IMAGE_SERVER)
@@ -154,12 +291,10 @@ class CommandTests(unittest.TestCase):
         self.assertTrue(workers)
         os.kill(process.pid, signal.SIGTERM)
         self.assertEqual(await process.ended, 0)
-        for _ in range(50):
-            if not any(os.path.exists(f"/proc/{pid}") for pid in workers):
-                break
-            await sleep(0.1)
-        else:
-            self.fail(f"workers {workers} outlived the server")
+        await self.wait_for(
+            lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers),
+            f"workers {workers} to end with the server",
+        )
 
     async def test_json_logs(self) -> None:
         """--log-format json: one JSON object a line, the access line with its fields."""
@@ -200,17 +335,16 @@ class CommandTests(unittest.TestCase):
             self, [TWISTD, "--nodaemon", "--pidfile=", "--logfile", log_file, "imageserver"]
         )
         os.kill(running.process.pid, signal.SIGUSR1)
-        for _ in range(50):
-            if os.path.exists(log_file + ".1"):
-                break
-            await sleep(0.1)
+        await self.wait_for(lambda: os.path.exists(log_file + ".1"), "the log to be moved aside")
         await request("GET", running.url + "/status_check?after")
-        await sleep(0.3)
+
+        def logged_after() -> bool:
+            with open(log_file) as fresh:
+                return "GET /status_check 200" in fresh.read()
+
+        await self.wait_for(logged_after, "the request in the new log")
         os.kill(running.process.pid, signal.SIGTERM)
         await running.process.ended
-        self.assertTrue(os.path.exists(log_file + ".1"))
-        with open(log_file) as fresh:
-            self.assertIn("GET /status_check 200", fresh.read())
 
     async def test_twistd_plugin(self) -> None:
         """``twistd -n imageserver``: serves, writes no pid file unless asked, stops on SIGINT."""
@@ -219,22 +353,34 @@ class CommandTests(unittest.TestCase):
         self.assertNotIn("twistd.pid", os.listdir(running.store))
         response = await request("GET", url + "/status_check")
         self.assertEqual(response.json(), {"message": "OK"})
+        await self.wait_for(lambda: b"] listening on " in process.output, "the ready line")
         os.kill(process.pid, signal.SIGINT)
         # twistd stops cleanly, then ends itself with the signal it was sent.
         self.assertEqual(await process.ended, "SIGINT")
 
     async def test_in_flight_upload_finishes_during_shutdown(self) -> None:
         """SIGTERM while a client is half-way through an upload: it still gets its 200."""
-        process, url = await self.start([IMAGE_SERVER, "server"])
+        running = await start_process(self, [IMAGE_SERVER, "server"])
+        process, url = running.process, running.url
         body = fixture("wine.jpg")
         client = await raw_connection(url)
         client.transport.write(
             b"POST /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body) + body[:1000]
         )
-        await sleep(0.3)
+        spools = os.path.join(running.store, "tmp")
+        await self.wait_for(lambda: os.listdir(spools), "the upload's spool file")
         os.kill(process.pid, signal.SIGTERM)
-        await sleep(0.5)
+        port = int(url.rsplit(":", 1)[1])
+
+        def refusing() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        await self.wait_for(refusing, "the server to stop listening")
         self.assertFalse(process.ended.called)
         client.transport.write(body[1000:])
         answer = await client.done

@@ -30,8 +30,10 @@ class _Broken(Resource):
 class OddRequestTests(ServerTestCase):
     async def test_doubled_slashes_are_json_on_both_sites(self) -> None:
         await self.start_server()
-        for url in (self.url, self.admin_url):
-            for target in (b"//anything", b"//", b"///p//x", b"//anything/../x"):
+        targets = [b"//anything", b"///p//x", b"//anything/../x"]
+        # On the admin site "//" is "/", the console's page.
+        for url, extra in ((self.url, [b"//"]), (self.admin_url, [])):
+            for target in targets + extra:
                 request = b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target
                 body = assert_json_error(self, await raw_exchange(url, request), b"404")
                 self.assertEqual(body["code"], "not_found", (url, target))

@@ -1,4 +1,4 @@
-"""The worker's image operations: `identify` and `render` on real files (DECISIONS D4-D6).
+"""The worker's image operations: `identify` and `render` on real files (docs/api.md#processing).
 
 Extra inputs (rotated, animated, transparent, hostile files) are generated with pyvips in a fresh
 directory per test; outputs are decoded again and checked by size, bands and sampled pixels.

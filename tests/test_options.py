@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+import os
+import shutil
+import subprocess
 
-from imageserver.cli import split_command, version_text
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from imageserver.cli import CHECKOUT, split_command, version_text
 from imageserver.info import ImageDetails
 from imageserver.options import CONFIG_FIELDS, Config, ServerOptions
 
@@ -59,6 +63,27 @@ class OptionTests(SynchronousTestCase):
         error = self.assertRaises(UsageError, parse, [], {"IMAGE_SERVER_PORT": "x"})
         self.assertIn("--port", str(error))
 
+    def test_an_unknown_flag_is_answered_with_the_nearest(self) -> None:
+        for args, message in [
+            (["--prot", "7430"], "option --prot not recognized; did you mean --port?"),
+            (["--max-qeue=5"], "option --max_qeue not recognized; did you mean --max-queue?"),
+            (["--local_base_pth", "x"], "did you mean --local_base_path?"),
+            (["--enabel-statsd"], "did you mean --enable_statsd?"),
+            (["--frobnicate", "1"], "option --frobnicate not recognized"),
+        ]:
+            error = self.assertRaises(UsageError, parse, args)
+            self.assertTrue(str(error).endswith(message), str(error))
+
+    def test_help_shows_defaults(self) -> None:
+        text = str(ServerOptions({}))
+        for line in [
+            "Port of the main site. [default: 7000]",
+            "Directory of the local store. [default: public]",
+            "[default: jpg,jpeg,png,gif,webp,avif,heic,auto]",
+        ]:
+            self.assertIn(line, " ".join(text.split()))
+        self.assertNotIn("[default: ]", text)
+
     def test_default_outputs_are_checked_at_start(self) -> None:
         error = self.assertRaises(UsageError, parse, ["--outputs", "w100.jpg,w0.jpg"])
         self.assertEqual(str(error), "--outputs: w0.jpg: sizes start at 1 pixel")
@@ -67,7 +92,7 @@ class OptionTests(SynchronousTestCase):
         )
 
     def test_every_go_flag_is_accepted(self) -> None:
-        """SPEC §11.5, Manta aside."""
+        """The Go server's flags, Manta aside."""
         go_flags = [
             "port",
             "listen",
@@ -194,6 +219,9 @@ class CommandLineTests(SynchronousTestCase):
 
         for argv, code, stream, text in [
             (["version"], 0, "out", "images version [0.1.0]"),
+            (["--version"], 0, "out", "images version [0.1.0]"),
+            (["server", "--version"], 0, "out", "images version [0.1.0]"),
+            (["serve"], 1, "err", "unknown command or flag: serve; did you mean server?"),
             ([], 0, "out", "Usage: image-server COMMAND"),
             (["--help"], 0, "out", "Usage: image-server COMMAND"),
             (["nonsense"], 1, "err", "unknown command or flag: nonsense"),
@@ -204,12 +232,23 @@ class CommandLineTests(SynchronousTestCase):
                 self.assertEqual(main(argv), code, argv)
             self.assertIn(text, (out if stream == "out" else err).getvalue(), argv)
 
-    def test_version(self) -> None:
+    def test_version_outside_a_checkout(self) -> None:
+        """The Go server's placeholders when there is no history to read."""
         self.assertEqual(
-            version_text(),
+            version_text(self.mktemp()),
             "images version [0.1.0]\ngit hash [GitHash is not defined]\n"
             "build timestamp [BuildTimestamp is not defined]\n",
         )
+
+    def test_version_of_a_checkout(self) -> None:
+        if not os.path.exists(os.path.join(CHECKOUT, ".git")) or shutil.which("git") is None:
+            raise SkipTest("not run from a git checkout")
+        head = subprocess.run(
+            ["git", "-C", CHECKOUT, "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        lines = version_text().splitlines()
+        self.assertEqual(lines[1], f"git hash [{head}]")
+        self.assertRegex(lines[2], r"^build timestamp \[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\]$")
 
 
 class InfoTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-"""A server requiring signatures, end to end (SPEC §13.1, DECISIONS D14)."""
+"""A server requiring signatures, end to end (docs/api.md#signed-urls)."""
 
 from __future__ import annotations
 

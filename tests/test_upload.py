@@ -41,7 +41,7 @@ class BodyUploadTests(ServerTestCase):
         self.assert_no_partial_files()
 
     async def test_go_fixture_vectors(self) -> None:
-        """The hashes, sizes and types of SPEC §7.1 for every upstream image."""
+        """The hashes, sizes and types the Go server gives every upstream image."""
         await self.start_server()
         vectors = {
             "a.jpg": ("31e8b3187a9f63f26d58c88bf09a7bbd", 574, 496, "image/jpeg"),

@@ -125,7 +125,7 @@ class VariantTests(ServerTestCase):
 
 
 class CachingTests(ServerTestCase):
-    """DECISIONS D12: validators, a long Cache-Control, 304, HEAD and Range."""
+    """docs/api.md#caching: validators, a long Cache-Control, 304, HEAD and Range."""
 
     async def asyncSetUp(self) -> str:
         await self.start_server()

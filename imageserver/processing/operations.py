@@ -1,4 +1,4 @@
-"""The image operations a worker subprocess runs: read a header, render a variant (DECISIONS D4-D6).
+"""The image operations a worker subprocess runs: read a header, render a variant.
 
 Pure functions of files: a path in, a path out, no Twisted.  libvips does the work with
 shrink-on-load (JPEG's scaled decode, else `thumbnail_source`'s), EXIF auto-orientation,
@@ -64,7 +64,7 @@ _ALPHA_OUTPUTS = frozenset({"png", "webp", "gif", "avif", "heic"})
 # extraneous bytes before a marker), and their truncations are errors.
 _FAIL_ON = {"tiffload": "warning"}
 
-# Quality 0 (custom names) means the encoder default: SPEC §15 item 27 for JPEG and WebP, libheif's
+# Quality 0 means the encoder's default (the Go server's for JPEG and WebP), libheif's
 # own default for AVIF and HEIC.
 _DEFAULT_QUALITY = {"jpeg": 92, "webp": 75, "avif": 50, "heic": 50}
 
@@ -322,7 +322,8 @@ def _output_size(source_width: int, source_height: int, width: int, height: int)
 
 
 def _cover_size(source_width: int, source_height: int, width: int, height: int) -> tuple[int, int]:
-    """The smallest scaled source size that covers width x height (SPEC §6.2: the larger ratio)."""
+    """The smallest scaled source size that covers width x height: by the larger of the two
+    ratios, as the Go server scaled."""
     if width * source_height >= height * source_width:
         return width, max(height, _round_ratio(source_height * width, source_width))
     return max(width, _round_ratio(source_width * height, source_height)), height
