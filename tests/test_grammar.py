@@ -8,6 +8,7 @@ import io
 import os
 from typing import Any
 
+import pyvips
 from PIL import Image, ImageFilter, ImageStat
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -277,6 +278,13 @@ class GrammarServerTests(ServerTestCase):
             )
             sources[image_format] = buffer.getvalue()
         sources["HEIC"] = fixture("test-hevc-alpha.heic")  # alpha 128 everywhere
+        buffer = io.BytesIO()
+        Image.new("RGBA", (64, 48), colour).save(buffer, "TIFF")
+        sources["TIFF"] = buffer.getvalue()
+        half = (
+            pyvips.Image.black(64, 48).new_from_image([0, 0, 100, 128]).copy(interpretation="srgb")
+        )
+        sources["AVIF"] = half.heifsave_buffer(compression="av1", effort=0, lossless=True)
         for image_format, body in sources.items():
             base = await self.upload_built(body)
             on_white = self.pixel((await self.get(f"{base}/w40.jpg")).body, 36, 20)
