@@ -1,5 +1,5 @@
-"""The ``image-server`` command: ``server``, ``cli``, ``generate-secret``, ``sign-url`` and
-``version``.
+"""The ``image-server`` command: ``server``, ``cli``, ``webhooks``, ``generate-secret``,
+``sign-url`` and ``version``.
 
 Server flags may stand before or after the subcommand, as with the Go binary (the Ruby client's
 spawner runs ``image-server --port=7000 --outputs='' server``).
@@ -25,6 +25,7 @@ from imageserver import paths
 from imageserver.errors import ImageServerError, InvalidParameter
 from imageserver.names import check_servable, parse_name
 from imageserver.options import CONFIG_FIELDS, Config, FlagOptions, ServerOptions
+from imageserver.outbox import OUTBOX_DIRECTORY, Letter, dead_letters, remove_dead_letter
 from imageserver.signature import Signer, generate_secret, parse_duration
 
 # The namespace ``cli`` stores into when --namespace is not given.
@@ -32,12 +33,15 @@ DEFAULT_NAMESPACE = "images"
 # How long ``cli`` waits for its workers to start.
 POOL_START_SECONDS = 60.0
 
-COMMANDS = ("server", "cli", "generate-secret", "sign-url", "version")
+COMMANDS = ("server", "cli", "webhooks", "generate-secret", "sign-url", "version")
 USAGE = f"""Usage: image-server COMMAND [flags]
 
 Commands:
   server            run the image server (flags: image-server server --help)
   cli PATH          store an image or a directory of images and make --outputs
+  webhooks list     list the webhook dead letters of --local_base_path
+  webhooks redeliver [ID...|--all]
+                    send dead letters again, now, to --webhook-url
   generate-secret   print new signing secrets (--length, --count)
   sign-url          print a signed URL (--secret, --path, --method, --ttl, --base-url)
   version           print the version
@@ -168,6 +172,34 @@ class CliOptions(ServerOptions):
         return self.config.namespace or DEFAULT_NAMESPACE
 
 
+class WebhooksOptions(ServerOptions):
+    """The server's flags (the store, the webhook's URL, secret and timeout), an action and ids."""
+
+    synopsis = "Usage: image-server webhooks list | redeliver [ID...|--all] [options]"
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """``--all`` is taken out first: the server's flags would read it as taking a value."""
+        args = list(sys.argv[1:] if options is None else options)
+        self["all"] = "--all" in args
+        super().parseOptions([arg for arg in args if arg != "--all"])
+
+    def parseArgs(self, action: str | None = None, *ids: str) -> None:
+        if action not in ("list", "redeliver"):
+            raise usage.UsageError("webhooks: list, or redeliver [ID...|--all]")
+        self["action"], self["ids"] = action, list(ids)
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["action"] == "list":
+            if self["ids"] or self["all"]:
+                raise usage.UsageError("webhooks list: takes no ids")
+            return
+        if bool(self["ids"]) == self["all"]:
+            raise usage.UsageError("webhooks redeliver: ids, or --all")
+        if not self.config.webhook_url:
+            raise usage.UsageError("--webhook-url: needed to redeliver")
+
+
 def split_command(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     """Find the subcommand among the flags; return it and the flags without it."""
     rest: list[str] = []
@@ -205,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {
         "server": ServerCommandOptions,
         "cli": CliOptions,
+        "webhooks": WebhooksOptions,
         "generate-secret": GenerateSecretOptions,
         "sign-url": SignUrlOptions,
     }[command]()
@@ -223,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if isinstance(options, CliOptions):
         return run_cli(options)
+    if isinstance(options, WebhooksOptions):
+        return run_webhooks(options)
     assert isinstance(options, ServerOptions)
     return run_server(options)
 
@@ -350,3 +385,77 @@ async def _import(reactor: Any, options: CliOptions, out: TextIO, err: TextIO) -
             " and are retried by the next server or cli run on this store\n"
         )
     return 1 if failures or pending else 0
+
+
+def run_webhooks(options: WebhooksOptions) -> int:
+    """List the dead letters, or send some again: each once, now, from this process.
+
+    Sending from here rather than handing them back to a running server works whether a server
+    runs or not, and answers at once which were accepted.  A dead letter is removed once its
+    receiver answers a 2xx; one that fails again stays, and the exit status is 1.
+    """
+    directory = os.path.join(os.path.abspath(options.config.local_base_path), OUTBOX_DIRECTORY)
+    letters = dead_letters(directory)
+    if options["action"] == "list":
+        for letter in letters:
+            sys.stdout.write(_dead_letter_line(letter) + "\n")
+        return 0
+    chosen = letters
+    unknown: list[str] = []
+    if not options["all"]:
+        by_id = {letter.id: letter for letter in letters}
+        chosen = [by_id[i] for i in dict.fromkeys(options["ids"]) if i in by_id]
+        unknown = [i for i in options["ids"] if i not in by_id]
+    for letter_id in unknown:
+        sys.stderr.write(f"{letter_id}\tno such dead letter\n")
+    exit_code: list[int] = []
+
+    async def run(reactor: Any) -> None:
+        failed = await _redeliver(reactor, options.config, directory, chosen, sys.stdout)
+        exit_code.append(1 if failed or unknown else 0)
+
+    from twisted.internet import task
+    from twisted.internet.defer import ensureDeferred
+
+    try:
+        task.react(lambda reactor: ensureDeferred(run(reactor)))
+    except SystemExit as done:
+        if done.code:
+            return int(done.code)
+    return exit_code[0] if exit_code else 1
+
+
+def _dead_letter_line(letter: Letter) -> str:
+    """``id, event, made at, attempts, last error``, tab-separated."""
+    made = datetime.fromtimestamp(letter.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{letter.id}\t{letter.event}\t{made}\t{letter.attempts}\t{letter.last_error}"
+
+
+async def _redeliver(
+    reactor: Any, config: Config, directory: str, letters: Sequence[Letter], out: TextIO
+) -> int:
+    """Send each letter once, one after the other; print its outcome; how many failed."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from imageserver.backoff import NETWORK_ERRORS
+    from imageserver.webhooks import post
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    http = HTTPClient(Agent(reactor, pool=pool))
+    url = config.webhook_url.encode()
+    failed = 0
+    for letter in letters:
+        try:
+            outcome = await post(
+                http, url, config.webhook_secret, letter, config.webhook_timeout or 10.0, reactor
+            )
+        except NETWORK_ERRORS as error:
+            outcome = f"{type(error).__name__}: {error}"
+        if outcome is None:
+            remove_dead_letter(directory, letter.id)
+            out.write(f"{letter.id}\tdelivered\n")
+        else:
+            failed += 1
+            out.write(f"{letter.id}\tfailed: {outcome}\n")
+    return failed

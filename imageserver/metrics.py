@@ -122,7 +122,8 @@ class Metrics:
         )
         self.webhook_deliveries = Counter(
             "image_server_webhook_deliveries",
-            "Webhook events: delivered, failed (after 3 attempts) or dropped (queue full).",
+            "Webhook events: delivered, failed (moved to the dead letters after"
+            " --webhook-retry-for) or dropped (the oldest, from a full outbox).",
             ("event", "outcome"),
             registry=registry,
         )
@@ -137,6 +138,11 @@ class Metrics:
     def watch_uploads(self, uploads: UploadState) -> None:
         """Export how many uploads are waiting to be retried."""
         self.registry.register(_UploadCollector(uploads))
+
+    def watch_webhooks(self, webhooks: WebhookState) -> None:
+        """Export the webhook outbox's depth and its oldest event's age: a receiver that is down
+        shows there long before its events become dead letters."""
+        self.registry.register(_WebhookCollector(webhooks))
 
     def watch_bucket(self, bucket: BucketState) -> None:
         """Export whether the bucket answered its last check: readiness leaves the bucket out, so
@@ -170,6 +176,31 @@ class PoolState(Protocol):
 class UploadState(Protocol):
     @property
     def pending(self) -> int: ...
+
+
+class WebhookState(Protocol):
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def oldest_age(self) -> float: ...
+
+
+class _WebhookCollector(Collector):
+    def __init__(self, webhooks: WebhookState) -> None:
+        self.webhooks = webhooks
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield GaugeMetricFamily(
+            "image_server_webhook_outbox_events",
+            "Webhook events in the outbox, waiting for their delivery.",
+            value=self.webhooks.depth,
+        )
+        yield GaugeMetricFamily(
+            "image_server_webhook_outbox_oldest_seconds",
+            "Age of the oldest webhook event in the outbox; 0 when it is empty.",
+            value=self.webhooks.oldest_age,
+        )
 
 
 class BucketState(Protocol):

@@ -176,6 +176,24 @@ class Config:
     webhook_secret: str = _flag("", "Webhook HMAC secret.")
     webhook_timeout: int = _flag(10, "Seconds per webhook attempt.", check=_at_least(0))
     webhook_events: str = _flag("all", "Webhook events to send, comma separated.")
+    webhook_retry_for: int = _flag(
+        86400,
+        "Seconds a webhook event is retried, from when it was made, before it becomes a dead"
+        " letter (docs/webhooks.md).",
+        check=_at_least(0),
+    )
+    webhook_retry_max_delay: int = _flag(
+        300,
+        "Longest wait, in seconds, between two attempts of a webhook event (the waits grow"
+        " fourfold from 1 s up to it).",
+        check=_at_least(1),
+    )
+    webhook_outbox_max: int = _flag(
+        10000,
+        "Webhook events the outbox keeps (and as many dead letters); beyond, the oldest is"
+        " dropped.",
+        check=_at_least(1),
+    )
 
     # Flags whose Go spelling uses dashes; every other flag is spelled with underscores.
     DASHED: ClassVar[frozenset[str]] = frozenset(
@@ -186,6 +204,7 @@ class Config:
             "allowed_variants", "profile_port", "admin_token",
             "require_signature_for_reads", "signing_secrets_file", "signature_max_ttl",
             "webhook_url", "webhook_secret", "webhook_timeout", "webhook_events",
+            "webhook_retry_for", "webhook_retry_max_delay", "webhook_outbox_max",
         }
     )  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from functools import partial
 from typing import Any
@@ -15,6 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
 from imageserver import collector, logs, paths
 from imageserver.addresses import GuardedReactor
 from imageserver.admin import AdminApp, Console
+from imageserver.backoff import Backoff
 from imageserver.collector import GarbageCollector
 from imageserver.debug import Debugger
 from imageserver.events import Events, Fanout
@@ -25,6 +27,7 @@ from imageserver.images import ImageLimits, Images
 from imageserver.lifecycle import Lifecycle
 from imageserver.metrics import Metrics
 from imageserver.options import Config
+from imageserver.outbox import OUTBOX_DIRECTORY, Outbox
 from imageserver.processing.pool import WorkerPool
 from imageserver.remote import RemoteStore
 from imageserver.s3 import Bucket, ChainCredentials, CredentialSource, S3Client, StaticCredentials
@@ -101,7 +104,12 @@ class Engine(service.MultiService):
                 enabled_events(config.webhook_events),
                 self.metrics,
                 reactor,
+                Outbox(os.path.join(self.store.base, OUTBOX_DIRECTORY)),
+                retries=Backoff(longest=config.webhook_retry_max_delay),
+                retry_for=config.webhook_retry_for,
+                outbox_max=config.webhook_outbox_max,
             )
+            self.metrics.watch_webhooks(self.webhooks)
             self.webhooks.setServiceParent(self)
             sinks.append(self.webhooks)
         self.statsd: StatsdClient | None = None

@@ -1,11 +1,16 @@
-"""Webhooks (docs/api.md#webhooks): signed JSON POSTs of image events, delivered in the
-background with retries, from a bounded queue.
+"""Webhooks (docs/webhooks.md): signed JSON POSTs of image events, delivered at least once.
 
-A delivery never delays or fails the request that caused it: `emit` only queues.  A full queue
-drops the event (counted and logged), as does a receiver that failed three times; the attempts are
-about 1 s and 4 s apart, jittered (`imageserver.backoff`).  A receiver that cannot be reached,
-fails, or times out is expected and logged in a line; any other failure is a bug of ours, logged
-with its traceback once per delivery, and counts as a failed attempt.
+`emit` writes the event to the outbox on disk (`imageserver.outbox`) and returns: a delivery never
+delays or fails the request that caused it.  Each event is then tried in the background, a few at
+a time, with the uploader's jittered exponential backoff (`imageserver.backoff`), until a 2xx
+crosses it off or ``--webhook-retry-for`` has passed since it was made, when it becomes a dead
+letter.  A restart resumes what the outbox holds, so a crash costs at most a second delivery of an
+event whose 2xx had not yet been recorded: receivers de-duplicate by the event's id.
+
+A full outbox drops its oldest event (counted and logged), so a receiver gone for a week cannot
+fill the disk.  A receiver that cannot be reached, fails, or times out is expected and logged in a
+line; any other failure is a bug of ours, logged with its traceback once per event, and counts as
+a failed attempt.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from twisted.python.failure import Failure
 from imageserver import events
 from imageserver.backoff import NETWORK_ERRORS, Backoff
 from imageserver.metrics import Metrics
+from imageserver.outbox import Letter, Outbox, new_id
 from imageserver.signature import webhook_signature
 
 log = Logger()
@@ -46,9 +52,10 @@ WIRE_NAMES = {
     "batch_complete": "image.batch_complete",
 }
 USER_AGENT = b"image-server-webhook/1.0"
-# The second and the third attempt, about 1 s and 4 s after the one before.
-RETRIES = Backoff(retries=2)
-MAX_QUEUE = 1000
+# The uploader's background policy: 1 s, 4 s, 16 s, 64 s, 256 s, then every 300 s.
+RETRIES = Backoff(longest=300.0)
+RETRY_FOR = 24 * 3600.0
+OUTBOX_MAX = 10_000
 CONCURRENCY = 4
 
 
@@ -82,8 +89,12 @@ _TOKENS: dict[type, str] = {
 _OPTIONAL = ("error", "source_url")
 
 
-def payload(event: events.Event, moment: datetime) -> tuple[str, bytes] | None:
-    """The wire name and compact JSON body of an event, or None for events webhooks don't send."""
+def payload(event: events.Event, moment: datetime, event_id: str) -> tuple[str, bytes] | None:
+    """The wire name and compact JSON body of an event, or None for events webhooks don't send.
+
+    The id comes first in the body and is also sent as ``X-Webhook-Id``; receivers written for
+    the Go server, which sent no id, ignore the extra field.
+    """
     token = _TOKENS.get(type(event))
     if token is None:
         return None
@@ -91,12 +102,18 @@ def payload(event: events.Event, moment: datetime) -> tuple[str, bytes] | None:
     for field in _OPTIONAL:
         if field in data and not data[field]:
             del data[field]
-    body = {"event": WIRE_NAMES[token], "timestamp": timestamp(moment), "data": data}
+    body = {
+        "id": event_id,
+        "event": WIRE_NAMES[token],
+        "timestamp": timestamp(moment),
+        "data": data,
+    }
     return WIRE_NAMES[token], json.dumps(body, separators=(",", ":")).encode()
 
 
 class WebhookSender(Service):
-    """Posts events to one URL, ``CONCURRENCY`` at a time, at most ``max_queue`` waiting."""
+    """Posts the outbox's events to one URL, ``CONCURRENCY`` at a time, each until a 2xx or for
+    ``retry_for`` seconds; at most ``outbox_max`` events wait."""
 
     def __init__(
         self,
@@ -107,10 +124,13 @@ class WebhookSender(Service):
         wanted: frozenset[str],
         metrics: Metrics,
         reactor: IReactorTime,
+        outbox: Outbox,
         clock: Callable[[], float] = time.time,
-        max_queue: int = MAX_QUEUE,
         retries: Backoff = RETRIES,
+        retry_for: float = RETRY_FOR,
+        outbox_max: int = OUTBOX_MAX,
     ) -> None:
+        """``clock`` is wall-clock time: events' ages and deadlines outlive the process."""
         self.http = http
         self.url = url.encode()
         self.secret = secret
@@ -118,84 +138,187 @@ class WebhookSender(Service):
         self.wanted = wanted
         self.metrics = metrics
         self.reactor = reactor
+        self.outbox = outbox
         self.clock = clock
-        self.max_queue = max_queue
         self.retries = retries
+        self.retry_for = retry_for
+        self.outbox_max = outbox_max
         self._slots = DeferredSemaphore(CONCURRENCY)
-        self._deliveries: set[Deferred[None]] = set()
+        self._deliveries: dict[str, Deferred[None]] = {}
 
-    def emit(self, event: events.Event) -> None:
-        built = payload(event, datetime.fromtimestamp(self.clock(), UTC))
-        if built is None or built[0] not in self.wanted or not self.running:
-            return
-        name, body = built
-        if len(self._deliveries) >= self.max_queue:
-            self.metrics.webhook_deliveries.labels(name, "dropped").inc()
-            log.warn("webhook queue full: dropped a {event} event", event=name)
-            return
-        delivery = ensureDeferred(self._deliver(name, body))
-        self._deliveries.add(delivery)
-        delivery.addBoth(lambda _: self._deliveries.discard(delivery))
+    def startService(self) -> None:
+        """Resume every event a previous run left in the outbox."""
+        super().startService()
+        resumed = self.outbox.load()
+        if resumed:
+            log.info("webhooks: resuming {count} events from the outbox", count=len(resumed))
+        for letter in resumed:
+            self._start(letter)
 
     def stopService(self) -> Deferred[None]:
-        """Stop now: deliveries still waiting are abandoned (webhooks are not persisted)."""
+        """Stop now: events not yet delivered stay in the outbox for the next start."""
         super().stopService()
-        running = list(self._deliveries)
+        running = list(self._deliveries.values())
         for delivery in running:
             delivery.cancel()
         return DeferredList(running, consumeErrors=True).addCallback(lambda _: None)
 
-    async def _deliver(self, name: str, body: bytes) -> None:
+    @property
+    def depth(self) -> int:
+        return len(self.outbox)
+
+    @property
+    def oldest_age(self) -> float:
+        """Seconds since the oldest waiting event was made; 0 when none waits."""
+        oldest = self.outbox.oldest()
+        return 0.0 if oldest is None else max(0.0, self.clock() - oldest.created)
+
+    def emit(self, event: events.Event) -> None:
+        now = self.clock()
+        letter_id = new_id()
+        built = payload(event, datetime.fromtimestamp(now, UTC), letter_id)
+        if built is None or built[0] not in self.wanted or not self.running:
+            return
+        name, body = built
+        while len(self.outbox) >= self.outbox_max:
+            self._drop_oldest()
+        letter = Letter(letter_id, name, now, body)
+        try:
+            self.outbox.add(letter)
+        except OSError as error:  # a full or read-only disk: the request must not fail
+            self.metrics.webhook_deliveries.labels(name, "dropped").inc()
+            log.warn(
+                "webhook {event} dropped: cannot write the outbox: {error}", event=name, error=error
+            )
+            return
+        self._start(letter)
+
+    def _drop_oldest(self) -> None:
+        oldest = self.outbox.oldest()
+        assert oldest is not None
+        delivery = self._deliveries.pop(oldest.id, None)
+        if delivery is not None:
+            delivery.cancel()
+        self.outbox.cross_off(oldest.id)
+        self.metrics.webhook_deliveries.labels(oldest.event, "dropped").inc()
+        log.warn(
+            "webhook outbox full ({limit} events): dropped the oldest, {event} {id}",
+            limit=self.outbox_max,
+            event=oldest.event,
+            id=oldest.id,
+        )
+
+    def _start(self, letter: Letter) -> None:
+        delivery = ensureDeferred(self._deliver(letter))
+        self._deliveries[letter.id] = delivery
+
+        def forget(result: object) -> object:
+            if self._deliveries.get(letter.id) is delivery:
+                del self._deliveries[letter.id]
+            return None if isinstance(result, Failure) and result.check(CancelledError) else result
+
+        delivery.addBoth(forget)
+
+    async def _deliver(self, letter: Letter) -> None:
+        """Try until a 2xx, or until the deadline, then bury; the last try falls on the deadline."""
+        delays = self.retries.delays()
+        deadline = letter.created + self.retry_for
         reported = False
-        for attempt, delay in enumerate((0.0, *self.retries.delays()), start=1):
-            if delay:
-                await deferLater(self.reactor, delay, lambda: None)
-            if not self.running:
-                return  # stopping: abandon (webhooks are not persisted)
+        while True:
             try:
-                outcome = await self._slots.run(self._attempt, body)
+                outcome = await self._slots.run(self._attempt, letter)
             except CancelledError:
-                raise  # stopping
+                raise  # stopping, or dropped: the outbox decides what becomes of it
             except NETWORK_ERRORS as error:
                 outcome = f"{type(error).__name__}: {error}"
             except Exception as error:
                 if not reported:
                     reported = True
-                    log.failure("webhook {event} failed on a bug", event=name)
+                    log.failure(
+                        "webhook {event} {id} failed on a bug", event=letter.event, id=letter.id
+                    )
                 outcome = f"{type(error).__name__}: {error}"
-            if not self.running:
-                return  # the attempt was cut short by the stop, not by the receiver
+            letter.attempts += 1
             if outcome is None:
-                self.metrics.webhook_deliveries.labels(name, "delivered").inc()
+                self.outbox.cross_off(letter.id)
+                self.metrics.webhook_deliveries.labels(letter.event, "delivered").inc()
                 return
+            letter.last_error = outcome
             log.info(
-                "webhook {event} attempt {attempt} failed: {outcome}",
-                event=name,
-                attempt=attempt,
+                "webhook {event} {id} attempt {attempt} failed: {outcome}",
+                event=letter.event,
+                id=letter.id,
+                attempt=letter.attempts,
                 outcome=outcome,
             )
-        self.metrics.webhook_deliveries.labels(name, "failed").inc()
-        log.warn("webhook {event} failed after every attempt", event=name)
+            left = deadline - self.clock()
+            delay = next(delays, None)
+            if left <= 0 or delay is None:
+                self._bury(letter)
+                return
+            await deferLater(self.reactor, min(delay, left), lambda: None)
 
-    async def _attempt(self, body: bytes) -> str | None:
-        """One attempt, headers and body within ``--webhook-timeout``: None on a 2xx, else the
-        status; a receiver that stalls half-way through its answer times out too."""
-        attempt = ensureDeferred(self._post(body))
-        attempt.addTimeout(self.timeout, self.reactor)
-        return await attempt
+    def _bury(self, letter: Letter) -> None:
+        try:
+            self.outbox.bury(letter)
+        except OSError as error:
+            log.warn("webhook {id} stays in the outbox: {error}", id=letter.id, error=error)
+            return
+        self.metrics.webhook_deliveries.labels(letter.event, "failed").inc()
+        log.warn(
+            "webhook {event} {id} moved to the dead letters after {attempts} attempts: {outcome}",
+            event=letter.event,
+            id=letter.id,
+            attempts=letter.attempts,
+            outcome=letter.last_error,
+        )
+        while self.outbox.dead > self.outbox_max:
+            oldest = self.outbox.oldest_dead()
+            assert oldest is not None
+            self.outbox.forget_dead(oldest)
+            log.warn("webhook dead letters full: deleted the oldest, {id}", id=oldest)
 
-    async def _post(self, body: bytes) -> str | None:
-        headers = {b"Content-Type": [b"application/json"], b"User-Agent": [USER_AGENT]}
-        if self.secret:
-            stamp = str(int(self.clock()))
-            headers[b"X-Webhook-Timestamp"] = [stamp.encode()]
-            signature = webhook_signature(self.secret, stamp, body)
-            headers[b"X-Webhook-Signature"] = [signature.encode()]
-        response = await self.http.post(self.url, data=body, headers=headers)
-        drain = _Drain()
-        response.deliverBody(drain)
-        await drain.done
-        return None if 200 <= response.code < 300 else f"status {response.code}"
+    async def _attempt(self, letter: Letter) -> str | None:
+        return await post(
+            self.http, self.url, self.secret, letter, self.timeout, self.reactor, self.clock
+        )
+
+
+async def post(
+    http: Any,
+    url: bytes,
+    secret: str,
+    letter: Letter,
+    timeout: float,
+    reactor: IReactorTime,
+    clock: Callable[[], float] = time.time,
+) -> str | None:
+    """One attempt, headers and body within ``timeout``: None on a 2xx, else the status; a
+    receiver that stalls half-way through its answer times out too.  The ``webhooks redeliver``
+    command sends dead letters with it."""
+    attempt = ensureDeferred(_post(http, url, secret, letter, clock))
+    attempt.addTimeout(timeout, reactor)
+    return await attempt
+
+
+async def _post(
+    http: Any, url: bytes, secret: str, letter: Letter, clock: Callable[[], float]
+) -> str | None:
+    headers = {
+        b"Content-Type": [b"application/json"],
+        b"User-Agent": [USER_AGENT],
+        b"X-Webhook-Id": [letter.id.encode()],
+    }
+    if secret:
+        stamp = str(int(clock()))
+        headers[b"X-Webhook-Timestamp"] = [stamp.encode()]
+        signature = webhook_signature(secret, stamp, letter.body)
+        headers[b"X-Webhook-Signature"] = [signature.encode()]
+    response = await http.post(url, data=letter.body, headers=headers)
+    drain = _Drain()
+    response.deliverBody(drain)
+    await drain.done
+    return None if 200 <= response.code < 300 else f"status {response.code}"
 
 
 class _Drain(Protocol):

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 
 from imageserver.backoff import Backoff
+from imageserver.outbox import dead_letters
 from imageserver.webhooks import timestamp
 from tests.support import WINE_DIR, WINE_HASH, ServerTestCase, SourceServer, fixture, request
 
@@ -64,6 +65,7 @@ class Receiver(resource.Resource):
                 "json": json.loads(body),
                 "timestamp": (request.getHeader(b"X-Webhook-Timestamp") or b"").decode(),
                 "signature": (request.getHeader(b"X-Webhook-Signature") or b"").decode(),
+                "id": (request.getHeader(b"X-Webhook-Id") or b"").decode(),
                 "user_agent": request.getHeader(b"User-Agent"),
                 "content_type": request.getHeader(b"Content-Type"),
             }
@@ -146,6 +148,7 @@ class WebhookTests(ServerTestCase):
                     SECRET, delivery["timestamp"], delivery["body"], delivery["signature"]
                 )
             )
+            self.assertEqual(delivery["id"], delivery["json"]["id"])
             self.assertEqual(delivery["user_agent"], b"image-server-webhook/1.0")
             self.assertEqual(delivery["content_type"], b"application/json")
             self.assertRegex(
@@ -174,17 +177,24 @@ class WebhookTests(ServerTestCase):
         await self.wait_for(lambda: self.outcomes("delivered") == 1, "the delivery")
         self.assertEqual(len(receiver.deliveries), 3)
         self.assertEqual(len({d["body"] for d in receiver.deliveries}), 1)
+        self.assertEqual(len({d["id"] for d in receiver.deliveries}), 1)
         metrics = await self.metrics()
         self.assertEqual(
             metrics[("image_server_webhook_deliveries_total", ("image.uploaded", "delivered"))], 1
         )
 
-    async def test_three_failures_give_up(self) -> None:
+    async def test_the_last_failure_makes_a_dead_letter(self) -> None:
+        """With this test's three-attempt policy: the third failure moves the event, its id and
+        last error to the dead letters."""
         receiver = await self.start_with_webhooks(webhook_events="uploaded")
         receiver.statuses = [500, 503, 502, 200]
         await self.upload_wine()
         await self.wait_for(lambda: self.outcomes("failed") == 1, "the delivery to give up")
         self.assertEqual(len(receiver.deliveries), 3)
+        [dead] = dead_letters(self.local(".webhooks"))
+        self.assertEqual((dead.id, dead.attempts), (receiver.deliveries[0]["id"], 3))
+        self.assertEqual(dead.last_error, "status 502")
+        self.assertEqual(os.listdir(self.local(".webhooks", "outbox")), [])
         metrics = await self.metrics()
         self.assertEqual(
             metrics[("image_server_webhook_deliveries_total", ("image.uploaded", "failed"))], 1
@@ -201,7 +211,7 @@ class WebhookTests(ServerTestCase):
     async def test_a_full_queue_drops_and_counts(self) -> None:
         receiver = await self.start_with_webhooks(webhook_events="uploaded")
         receiver.hang = True
-        self.server.engine.webhooks.max_queue = 1
+        self.server.engine.webhooks.outbox_max = 1
         await self.upload_wine()
         await self.upload(fixture("a.jpg"))
         metrics = await self.metrics()
@@ -249,7 +259,7 @@ class WebhookTests(ServerTestCase):
         )
         # Key order and integer types, as on the wire.
         uploaded = json.loads(receiver.deliveries[0]["body"])
-        self.assertEqual(list(uploaded), ["event", "timestamp", "data"])
+        self.assertEqual(list(uploaded), ["id", "event", "timestamp", "data"])
 
     async def test_event_filter(self) -> None:
         receiver = await self.start_with_webhooks(webhook_events="batch_complete,nonsense")

@@ -18,6 +18,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from imageserver import events
 from imageserver.backoff import Backoff
 from imageserver.metrics import Metrics
+from imageserver.outbox import Outbox
 from imageserver.s3 import Bucket, S3Client, S3Error, StaticCredentials
 from imageserver.store import LocalStore
 from imageserver.uploader import Uploader
@@ -181,6 +182,7 @@ class WebhookRetryTests(unittest.TestCase):
             frozenset(WIRE_NAMES.values()),
             self.metrics,
             self.clock,
+            Outbox(self.mktemp()),
             clock=lambda: 0.0,
             retries=exact(Backoff(retries=2)),
         )
