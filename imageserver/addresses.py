@@ -1,4 +1,4 @@
-"""The address guard of source downloads (DECISIONS D13): no ``?source=`` URL reaches inside.
+"""The address guard of source downloads (docs/security.md): no ``?source=`` URL reaches inside.
 
 Checked at connect time, on the addresses a name resolves to, by wrapping the reactor's name
 resolver (as synapse does): a name that resolves inside is refused, and DNS rebinding gains nothing,

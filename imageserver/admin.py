@@ -1,4 +1,4 @@
-"""The admin site (DECISIONS D17): liveness, readiness, Prometheus metrics, and the web console.
+"""The admin site (docs/api.md#health): liveness, readiness, Prometheus metrics, the web console.
 
 The console (docs/console.md) is static HTML, CSS and JavaScript modules from
 ``imageserver/console/static`` and the JSON endpoints under ``/api`` here.  It reads the local
