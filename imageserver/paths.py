@@ -1,4 +1,4 @@
-"""Where an image's files live: the hash partition, local paths and remote keys (SPEC §1).
+"""Where an image's files live: hash partition, local paths, remote keys (docs/api.md#storage).
 
 Pure string work, shared by the web app, the store and the uploader so that every one of them
 agrees with the Go server's layout byte for byte.
@@ -60,7 +60,7 @@ def remote_key(remote_base_path: str, relative: str) -> str:
 
 
 def remote_url(remote_base_url: str, key: str) -> str:
-    """Where a client reads an object: the base URL with its path joined to the key (SPEC §1).
+    """Where a client reads an object: the base URL with its path joined to the key.
 
     The base's query string is kept and slashes collapse; no base means no URL ("").
     """
@@ -68,4 +68,6 @@ def remote_url(remote_base_url: str, key: str) -> str:
         return ""
     parts = urlsplit(remote_base_url)
     path = posixpath.normpath(posixpath.join(parts.path or "/", key.lstrip("/")))
+    # normpath keeps exactly two leading slashes (POSIX leaves their meaning open): collapse them.
+    path = "/" + path.lstrip("/")
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))

@@ -1,4 +1,4 @@
-"""Signed URLs (SPEC §13.1, DECISIONS D14) and webhook signatures (SPEC §13.2): the pure parts.
+"""Signed URLs and webhook signatures (docs/api.md#signed-urls, #webhooks): the pure parts.
 
 A URL is signed like an S3 pre-signed URL: ``X-Expires`` (Unix seconds), optionally ``X-Path`` (a
 path prefix the signature covers), and ``X-Signature`` = unpadded URL-safe base64 of
@@ -229,9 +229,19 @@ def verify_webhook(secret: str, timestamp: str, body: bytes, signature: str) -> 
     return hmac.compare_digest(expected, signature.encode("utf-8", "surrogateescape"))
 
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)", re.ASCII)
+# Microseconds as Go spells them: "us", the micro sign (U+00B5) or the Greek mu (U+03BC).
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)", re.ASCII)
 _MAX_DURATION_SECONDS = 2**63 / 1e9
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 
 
 def parse_duration(text: str) -> int:

@@ -1,4 +1,4 @@
-"""The address guard of ``?source=`` downloads (DECISIONS D13)."""
+"""The address guard of ``?source=`` downloads (docs/security.md#source-urls)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,32 @@ class BlockTableTests(SynchronousTestCase):
         for address in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8",
                         "2002:808:808::", "64:ff9b::808:808"]:  # fmt: skip
             self.assertFalse(addresses.is_blocked(ipaddress.ip_address(address)), address)
+
+    def test_answers_are_booleans(self) -> None:
+        """``is_blocked`` says True or False, never a falsy stand-in, on every path through it."""
+        for address, blocked in [
+            ("8.8.8.8", False), ("10.0.0.1", True), ("2606:4700::1111", False), ("::1", True),
+            ("64:ff9b:1::808:808", True), ("::ffff:10.0.0.1", True), ("::ffff:8.8.8.8", False),
+        ]:  # fmt: skip
+            self.assertIs(addresses.is_blocked(ipaddress.ip_address(address)), blocked, address)
+
+    def test_embedded_ipv4(self) -> None:
+        """The IPv4 address each embedding form carries, and None where there is none."""
+        for address, inner in [
+            ("::ffff:1.2.3.4", "1.2.3.4"),  # mapped
+            ("2002:102:304::", "1.2.3.4"),  # 6to4
+            ("2002:102:304:5::6", "1.2.3.4"),
+            ("64:ff9b::102:304", "1.2.3.4"),  # NAT64
+            ("64:ff9b::ffff:ffff", "255.255.255.255"),
+            ("::102:304", "1.2.3.4"),  # IPv4-compatible
+            ("::2", "0.0.0.2"),  # the smallest compatible form: ::1 and :: are not one
+            ("::1", None),
+            ("::", None),
+            ("2606:4700::1111", None),
+            ("fe80::1", None),
+        ]:
+            embedded = addresses.embedded_ipv4(ipaddress.IPv6Address(address))
+            self.assertEqual(embedded, inner and ipaddress.IPv4Address(inner), address)
 
 
 @implementer(IHostResolution)
@@ -208,6 +234,132 @@ class MemoryTests(SynchronousTestCase):
             guard.refuse(f"name{index}.test", "10.0.0.1")
         self.assertEqual(len(guard.refused), addresses.GuardedResolver.REMEMBERED)
         self.assertNotIn("name0.test", guard.refused)
+
+    def test_a_name_refused_again_is_the_newest(self) -> None:
+        """A name refused again moves to the young end, so a name refused on every request is
+        never forgotten while names refused once go by; its latest address is kept."""
+        guard = addresses.GuardedResolver(MapResolver({}))
+        remembered = addresses.GuardedResolver.REMEMBERED
+        for index in range(remembered):
+            guard.refuse(f"name{index}.test", "10.0.0.1")
+        guard.refuse("name0.test", "10.0.0.2")
+        guard.refuse("new.test", "10.0.0.3")
+        self.assertEqual(len(guard.refused), remembered)
+        self.assertEqual(guard.refused["name0.test"], "10.0.0.2")
+        self.assertNotIn("name1.test", guard.refused)
+        self.assertEqual(list(guard.refused)[-2:], ["name0.test", "new.test"])
+
+
+@implementer(IHostnameResolver)
+class ListResolver:
+    """Answers every name with the given addresses (IPv6 ones may carry a zone), recording the
+    arguments it was asked with."""
+
+    def __init__(self, *hosts: str) -> None:
+        self.hosts = hosts
+        self.calls: list[tuple[Any, ...]] = []
+        self.resolution = _Resolution("")
+
+    def resolveHostName(
+        self,
+        receiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        self.calls.append((hostName, portNumber, addressTypes, transportSemantics))
+        receiver.resolutionBegan(self.resolution)
+        for host in self.hosts:
+            kind = IPv6Address if ":" in host else IPv4Address
+            receiver.addressResolved(kind("TCP", host, portNumber))
+        receiver.resolutionComplete()
+        return self.resolution
+
+
+@implementer(IResolutionReceiver)
+class _Everything:
+    """Every call a resolution made, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def resolutionBegan(self, resolution: IHostResolution) -> None:
+        self.calls.append(("began", resolution))
+
+    def addressResolved(self, address: IAddress) -> None:
+        self.calls.append(("address", address))
+
+    def resolutionComplete(self) -> None:
+        self.calls.append(("complete", None))
+
+
+class ResolverTests(SynchronousTestCase):
+    """`GuardedResolver` as a resolver: what passes through it unchanged, and what it drops."""
+
+    def resolve(
+        self, *hosts: str, **arguments: Any
+    ) -> tuple[addresses.GuardedResolver, ListResolver, _Everything, IHostResolution]:
+        inner = ListResolver(*hosts)
+        guard = addresses.GuardedResolver(inner)
+        receiver = _Everything()
+        resolution = guard.resolveHostName(receiver, "host.test", **arguments)
+        return guard, inner, receiver, resolution
+
+    def test_public_addresses_pass_unchanged_and_in_order(self) -> None:
+        guard, inner, receiver, resolution = self.resolve(
+            "93.184.216.34", "10.0.0.1", "2606:4700::1111", "::1", portNumber=443
+        )
+        self.assertIs(resolution, inner.resolution)
+        [began, first, second, complete] = receiver.calls
+        self.assertEqual(began, ("began", inner.resolution))
+        self.assertEqual(first, ("address", IPv4Address("TCP", "93.184.216.34", 443)))
+        self.assertEqual(second, ("address", IPv6Address("TCP", "2606:4700::1111", 443)))
+        self.assertEqual(complete, ("complete", None))
+        # The last refused address is the one a refusal names.
+        self.assertEqual(guard.refused, {"host.test": "::1"})
+
+    def test_arguments_reach_the_resolver(self) -> None:
+        """The guard adds nothing and drops nothing on the way in: IHostnameResolver's defaults
+        when none are given, the caller's otherwise."""
+        _guard, inner, _receiver, _resolution = self.resolve()
+        self.assertEqual(inner.calls, [("host.test", 0, None, "TCP")])
+        _guard, inner, _receiver, _resolution = self.resolve(
+            portNumber=80, addressTypes=[IPv4Address], transportSemantics="UDP"
+        )
+        self.assertEqual(inner.calls, [("host.test", 80, [IPv4Address], "UDP")])
+
+    def test_ipv6_zones(self) -> None:
+        """A link-local address with a zone (``fe80::1%eth0``, as getaddrinfo gives it) is
+        refused, and the refusal names the address without the zone; a public address with a
+        zone passes as it came."""
+        guard, _inner, receiver, _resolution = self.resolve("fe80::1%eth0", "fe80::2%2")
+        self.assertEqual([kind for kind, _ in receiver.calls], ["began", "complete"])
+        self.assertEqual(guard.refused, {"host.test": "fe80::2"})
+        guard, _inner, receiver, _resolution = self.resolve("2606:4700::1111%eth0", portNumber=80)
+        self.assertEqual(
+            receiver.calls[1], ("address", IPv6Address("TCP", "2606:4700::1111%eth0", 80))
+        )
+        self.assertEqual(guard.refused, {})
+
+    def test_guarded_reactor(self) -> None:
+        """The reactor an `Agent` gets: names resolve through the guard, everything else is the
+        reactor's own."""
+
+        class Reactor:
+            nameResolver = ListResolver("10.0.0.1")
+
+            def seconds(self) -> float:
+                return 42.0
+
+        real = Reactor()
+        guarded = addresses.GuardedReactor(real)
+        self.assertIsInstance(guarded.nameResolver, addresses.GuardedResolver)
+        self.assertEqual(guarded.seconds(), 42.0)
+        receiver = _Everything()
+        guarded.nameResolver.resolveHostName(receiver, "lan.test")
+        self.assertEqual(Reactor.nameResolver.calls, [("lan.test", 0, None, "TCP")])
+        self.assertEqual(guarded.nameResolver.refused, {"lan.test": "10.0.0.1"})
 
 
 @implementer(IResolutionReceiver)
