@@ -42,7 +42,7 @@ from werkzeug.exceptions import HTTPException
 import imageserver
 from imageserver import paths
 from imageserver.console import STATIC, listing
-from imageserver.errors import ImageServerError
+from imageserver.errors import BodyTooLarge, ImageServerError
 from imageserver.history import History
 from imageserver.lifecycle import Lifecycle
 from imageserver.metrics import Metrics, PoolState
@@ -50,6 +50,8 @@ from imageserver.names import check_file_name
 from imageserver.options import CONFIG_FIELDS, Config
 from imageserver.responses import CachedFile, error_body, json_body
 from imageserver.signature import sign
+from imageserver.site import Oversized
+from imageserver.spool import Spool
 from imageserver.store import LocalStore
 from imageserver.usage import read_usage
 
@@ -412,11 +414,18 @@ class AdminApp:
         path = f"/{namespace}"
         query = "" if self.console.secrets is None else "?" + self._signature("POST", path)
         content: Any = request.content
-        content.seek(0)
+        if isinstance(content, Oversized):
+            raise Refused(413, BodyTooLarge.over(content.limit).message, BodyTooLarge.code)
+        # A spooled body is read from its file (the spool counts bytes, it does not seek).
+        upload = open(content.path, "rb") if isinstance(content, Spool) else content  # noqa: SIM115
         headers = Headers({b"Content-Type": [b"application/octet-stream"]})
         uri = (self.console.main_url() + path + query).encode()
-        response = await self.agent.request(b"POST", uri, headers, FileBodyProducer(content))
-        body: bytes = await treq.content(response)
+        try:
+            upload.seek(0)
+            response = await self.agent.request(b"POST", uri, headers, FileBodyProducer(upload))
+            body: bytes = await treq.content(response)
+        finally:
+            upload.close()
         request.setResponseCode(response.code)
         request.setHeader(b"Content-Type", b"application/json; charset=UTF-8")
         return body

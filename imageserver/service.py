@@ -32,7 +32,7 @@ from imageserver.processing.pool import WorkerPool
 from imageserver.remote import RemoteStore
 from imageserver.s3 import Bucket, ChainCredentials, CredentialSource, S3Client, StaticCredentials
 from imageserver.signature import SecretsFile, Validator
-from imageserver.site import ImageSite, LoggingSite
+from imageserver.site import ImageSite
 from imageserver.statsd import StatsdClient
 from imageserver.store import LocalStore
 from imageserver.uploader import NoUploads, Uploader
@@ -240,7 +240,14 @@ class ImageServer(service.MultiService):
             reactor,
         )
         admin_app = AdminApp(self.lifecycle, self.metrics, console)
-        admin_site = LoggingSite(admin_app.resource(), reactor=reactor)
+        # Bodies spooled and bounded as on the main site: the console's upload relay takes them.
+        admin_site = ImageSite(
+            admin_app.resource(),
+            self.store.tmp,
+            config.max_upload_bytes,
+            reactor,
+            read_timeout=config.read_timeout,
+        )
         self.admin_port = internet.TCPServer(config.admin_port, admin_site, interface=config.listen)
         self.admin_port.setServiceParent(self)
         self.debugger: Debugger | None = None

@@ -220,6 +220,20 @@ class ConsoleApiTests(ConsoleTestCase):
         for path in ("/probe/live", "/probe/ready", "/metrics"):
             self.assertEqual((await self.api("GET", path)).code, 200, path)
 
+    async def test_an_upload_over_the_limit_is_never_stored(self) -> None:
+        """The admin site bounds bodies as the main site does: a body over
+        ``--max-upload-bytes`` is counted, not kept, and refused."""
+        await self.start_server(admin_token=TOKEN, max_upload_bytes=1000)
+        refused = await self.api(
+            "POST",
+            "/api/upload/p",
+            data=fixture("a.jpg"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        self.assert_error(refused, 413, "the body is over 1000 bytes")
+        self.assertEqual(self.store_files(), [])
+        self.assert_no_partial_files()
+
     async def test_no_token_no_uploads(self) -> None:
         await self.start_server()
         refused = await self.api(
