@@ -13,7 +13,7 @@ import errno
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -308,13 +308,19 @@ def _listen_problem(error: CannotListenError, config: Config) -> str:
 
 def run_cli(options: CliOptions) -> int:
     """Import the path through an engine (store, workers, bucket); print a line per image."""
+    return _react(lambda reactor: _import(reactor, options, sys.stdout, sys.stderr))
+
+
+def _react(main: Callable[[Any], Awaitable[int]]) -> int:
+    """Run ``main(reactor)`` under a reactor of its own; its result is the exit status (1 when
+    it failed, or the reactor stopped first)."""
     from twisted.internet import task
     from twisted.internet.defer import ensureDeferred
 
     exit_code: list[int] = []
 
     async def run(reactor: Any) -> None:
-        exit_code.append(await _import(reactor, options, sys.stdout, sys.stderr))
+        exit_code.append(await main(reactor))
 
     try:
         task.react(lambda reactor: ensureDeferred(run(reactor)))
@@ -408,21 +414,12 @@ def run_webhooks(options: WebhooksOptions) -> int:
         unknown = [i for i in options["ids"] if i not in by_id]
     for letter_id in unknown:
         sys.stderr.write(f"{letter_id}\tno such dead letter\n")
-    exit_code: list[int] = []
 
-    async def run(reactor: Any) -> None:
+    async def redeliver(reactor: Any) -> int:
         failed = await _redeliver(reactor, options.config, directory, chosen, sys.stdout)
-        exit_code.append(1 if failed or unknown else 0)
+        return 1 if failed or unknown else 0
 
-    from twisted.internet import task
-    from twisted.internet.defer import ensureDeferred
-
-    try:
-        task.react(lambda reactor: ensureDeferred(run(reactor)))
-    except SystemExit as done:
-        if done.code:
-            return int(done.code)
-    return exit_code[0] if exit_code else 1
+    return _react(redeliver)
 
 
 def _dead_letter_line(letter: Letter) -> str:

@@ -24,22 +24,12 @@ from imageserver.webhooks import WIRE_NAMES, WebhookSender
 from tests.processes import IMAGE_SERVER, Running, start_process
 from tests.support import ServerTestCase, distinct_jpeg, request, sleep
 from tests.test_events import SECRET, Receiver, verify_webhook
+from tests.test_retries import FakeResponse
 
 
 def exact(policy: Backoff) -> Backoff:
     """``policy`` without its jitter."""
     return Backoff(policy.first, policy.factor, policy.longest, policy.retries, lambda: 0.5)
-
-
-class Answer:
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-    def deliverBody(self, protocol: Any) -> None:
-        from twisted.python.failure import Failure
-        from twisted.web.client import ResponseDone
-
-        protocol.connectionLost(Failure(ResponseDone()))
 
 
 class ScriptedReceiver:
@@ -50,10 +40,10 @@ class ScriptedReceiver:
         self.code = 503
         self.posts: list[tuple[float, str, bytes]] = []
 
-    def post(self, url: bytes, data: bytes, headers: Any) -> Deferred[Answer]:
+    def post(self, url: bytes, data: bytes, headers: Any) -> Deferred[FakeResponse]:
         [letter_id] = headers[b"X-Webhook-Id"]
         self.posts.append((self.clock.seconds(), letter_id.decode(), data))
-        return succeed(Answer(self.code))
+        return succeed(FakeResponse(self.code))
 
 
 def uploaded(index: int) -> events.Uploaded:
