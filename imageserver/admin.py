@@ -29,6 +29,7 @@ import treq
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.internet import TCPServer
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web import static
@@ -45,7 +46,7 @@ from imageserver.console import STATIC, listing
 from imageserver.errors import BodyTooLarge, ImageServerError
 from imageserver.history import History
 from imageserver.lifecycle import Lifecycle
-from imageserver.metrics import Metrics, PoolState
+from imageserver.metrics import Metrics, PoolState, merged_exposition
 from imageserver.names import check_file_name
 from imageserver.options import CONFIG_FIELDS, Config
 from imageserver.responses import CachedFile, error_body, json_body
@@ -183,9 +184,17 @@ class Gate:
 class AdminApp:
     app = Klein()
 
-    def __init__(self, lifecycle: Lifecycle, metrics: Metrics, console: Console) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+        console: Console,
+        scrape: Callable[[], Deferred[dict[int, bytes]]] | None = None,
+    ) -> None:
+        """``scrape``: the other main processes' metrics pages, when there are others."""
         self.lifecycle = lifecycle
         self.metrics = metrics
+        self.scrape = scrape
         self.console = console
         self.gate = Gate(console.config.admin_token)
         # A connection per relayed request: they are few, local, and none is left open.
@@ -222,9 +231,11 @@ class AdminApp:
         return error_body(request, error.status, error.message, error.code)
 
     @app.route("/metrics")
-    def metrics_page(self, request: IRequest) -> bytes:
+    async def metrics_page(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.metrics.registry)
+        if self.scrape is None:
+            return generate_latest(self.metrics.registry)
+        return merged_exposition(self.metrics.registry, await self.scrape())
 
     # The console's files
 

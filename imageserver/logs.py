@@ -87,10 +87,11 @@ class _SecondStamps:
 _server_log = Logger(namespace="imageserver")
 
 
-def log_ready(config: Config, port: int, admin_port: int) -> None:
+def log_ready(config: Config, port: int, admin_port: int, processes: int = 1) -> None:
     """The line that says the server serves, once its workers are up, with where and what:
     ``listening on http://127.0.0.1:7000 (admin http://127.0.0.1:7002), 2 workers, store
-    ./public``, and the bucket when there is one.
+    ./public``, the main processes when there are several (``16 workers in 2 processes``), and
+    the bucket when there is one.
 
     ``port`` and ``admin_port`` are the ports bound, which differ from the flags' for ``0``.
     """
@@ -104,12 +105,14 @@ def log_ready(config: Config, port: int, admin_port: int) -> None:
     if not os.path.isabs(store) and not store.startswith("."):
         store = os.path.join(".", store)  # "store public" would not read as a path
     _server_log.info(
-        "listening on {url} (admin {admin_url}), {workers} {worker_word}, store {store}"
-        "{bucket_words}",
+        "listening on {url} (admin {admin_url}), {workers} {worker_word}{processes_words},"
+        " store {store}{bucket_words}",
         url=_url(config.listen, port),
         admin_url=_url(config.listen, admin_port),
         workers=workers,
         worker_word="worker" if workers == 1 else "workers",
+        processes=processes,
+        processes_words=f" in {processes} processes" if processes > 1 else "",
         store=store,
         bucket=bucket,
         bucket_words=f", bucket {bucket}" if bucket else "",

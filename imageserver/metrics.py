@@ -8,10 +8,13 @@ qualities, never hashes or URLs.
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 import imageserver
@@ -21,6 +24,8 @@ from imageserver.usage import read_usage
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 VARIANT_LABELS = ("namespace", "format", "quality")
 # Variants: a few ms for a thumbnail of a small JPEG, seconds for AVIF from a 12 MP photo.
+# With several main processes, the label that tells their series apart on the primary's page.
+PROCESS_LABEL = "process"
 PROCESSING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 # Uploads: a few ms for info.json on a LAN, up to minutes for a large original far away.
 UPLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 240)
@@ -304,3 +309,40 @@ class _UsageCollector(Collector):
             "Resident memory of the largest live image worker.",
             value=max(resident, default=0),
         )
+
+
+def merged_exposition(own: CollectorRegistry, others: Mapping[int, bytes]) -> bytes:
+    """The text exposition of several main processes' series as one page: every sample labelled
+    with its ``process`` (0 for ``own``, the primary's), one family per name.
+
+    Prometheus sums them with ``sum without (process) (...)``; a gauge such as the queue depth is
+    each process's own, as a counter is.
+    """
+    families: dict[str, Metric] = {}
+
+    def add(index: int, collected: Iterable[Metric]) -> None:
+        for family in collected:
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+            label = {PROCESS_LABEL: str(index)}
+            merged.samples.extend(
+                sample._replace(labels=sample.labels | label) for sample in family.samples
+            )
+
+    add(0, own.collect())
+    for index, page in sorted(others.items()):
+        add(index, text_string_to_metric_families(page.decode("utf-8", "replace")))
+    return generate_latest(_Families(list(families.values())))
+
+
+class _Families:
+    """A registry-like holder of ready families, for `generate_latest`."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families

@@ -122,6 +122,12 @@ class Config:
         "Worker processes (default: the number of CPUs the server may use).",
         check=_at_least(1),
     )
+    processes: int = _flag(
+        0,
+        "Main processes sharing --port (SO_REUSEPORT) and the store, the workers split among them"
+        " (docs/scaling.md#several-main-processes); 0: one per 8 CPUs.",
+        check=_at_least(0),
+    )
     pin_workers: bool = _flag(
         True, "Give each worker a CPU of its own when there are as many workers as CPUs, or more."
     )

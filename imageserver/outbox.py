@@ -90,10 +90,14 @@ class Outbox:
         self._pending: dict[str, Letter] = {}
         self._dead: dict[str, float] = {}
 
-    def load(self) -> list[Letter]:
-        """Create the folders and index what they hold; the outbox's events, oldest first."""
+    def prepare(self) -> None:
+        """Create the folders."""
         for folder in (self.pending_directory, self.dead_directory):
             os.makedirs(folder, mode=DIRECTORY_MODE, exist_ok=True)
+
+    def load(self) -> list[Letter]:
+        """Index what the folders hold (the events of every process using them); the outbox's
+        events, oldest first."""
         self._pending = {letter.id: letter for letter in _read_folder(self.pending_directory)}
         self._dead = {letter.id: letter.created for letter in _read_folder(self.dead_directory)}
         return list(self._pending.values())

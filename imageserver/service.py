@@ -7,11 +7,13 @@ import socket
 from functools import partial
 from typing import Any
 
+from prometheus_client.twisted import MetricsResource
 from treq.client import HTTPClient
 from twisted.application import internet, service
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
+from twisted.web.server import Site
 
 from imageserver import collector, logs, paths
 from imageserver.addresses import GuardedReactor
@@ -28,6 +30,16 @@ from imageserver.lifecycle import Lifecycle
 from imageserver.metrics import Metrics
 from imageserver.options import Config
 from imageserver.outbox import OUTBOX_DIRECTORY, Outbox
+from imageserver.processes import (
+    Secondaries,
+    SharedTCPServer,
+    bound_port,
+    cpus_of,
+    process_count,
+    scrape_metrics,
+    share,
+)
+from imageserver.processing.placement import usable_cpus
 from imageserver.processing.pool import WorkerPool
 from imageserver.remote import RemoteStore
 from imageserver.s3 import Bucket, ChainCredentials, CredentialSource, S3Client, StaticCredentials
@@ -48,20 +60,27 @@ DRAIN_SECONDS = 30.0
 class Engine(service.MultiService):
     """Everything but the sites: local store, worker pool, bucket, uploads, and `Images` on top.
 
-    The server and the ``cli`` command both run one.
+    The server and the ``cli`` command both run one.  With several main processes
+    (`imageserver.processes`), process ``process_index`` of ``processes`` has its share of the
+    workers and CPUs, and only the first one (the primary) empties ``tmp/`` and resumes the
+    journal's uploads and the outbox's webhooks at start.
     """
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, process_index: int = 0, processes: int = 1
+    ) -> None:
         super().__init__()
         self.config = config
+        self.primary = process_index == 0
         self.store = LocalStore(config.local_base_path)
         self.metrics = Metrics()
         self.pool = WorkerPool(
-            size=config.processor_concurrency,
+            size=share(config.processor_concurrency, processes, process_index),
             max_queue=config.max_queue,
             timeout=config.processing_timeout,
             max_jobs=config.worker_max_jobs,
             pin=config.pin_workers,
+            cpus=cpus_of(sorted(usable_cpus()), processes, process_index),
         )
         self.pool.setServiceParent(self)
         self.metrics.watch_pool(self.pool)
@@ -69,6 +88,7 @@ class Engine(service.MultiService):
         # Keep a connection per concurrent upload alive, and some for reads.
         self.http_pool.maxPersistentPerHost = 2 * config.uploader_concurrency
         agent = Agent(reactor, pool=self.http_pool)
+        self.metrics_client = HTTPClient(agent)  # the primary reads the secondaries' metrics
         self.remote: RemoteStore | None = None
         self.uploads: Uploader | NoUploads = NoUploads()
         if config.effective_uploader == "s3":
@@ -89,6 +109,7 @@ class Engine(service.MultiService):
                 reactor,
                 config.uploader_concurrency,
                 config.s3_timeout,
+                resume=self.primary,
             )
             self.metrics.watch_uploads(self.uploads)
             self.metrics.watch_bucket(self.remote)
@@ -108,6 +129,7 @@ class Engine(service.MultiService):
                 retries=Backoff(longest=config.webhook_retry_max_delay),
                 retry_for=config.webhook_retry_for,
                 outbox_max=config.webhook_outbox_max,
+                resume=self.primary,
             )
             self.metrics.watch_webhooks(self.webhooks)
             self.webhooks.setServiceParent(self)
@@ -155,7 +177,7 @@ class Engine(service.MultiService):
 
     def startService(self) -> None:
         try:
-            self.store.prepare()
+            self.store.prepare(empty_tmp=self.primary)
         except OSError as error:  # the one start-up step that can fail on a flag's value
             problem = error.strerror or str(error)
             raise usage.UsageError(
@@ -185,17 +207,28 @@ class ImageServer(service.MultiService):
     """The server: the main and admin sites in front of an `Engine`, and the cache collector.
 
     The ports are bound first, so a second server started by mistake on the same store fails
-    before its engine empties the first one's ``tmp/``.  Stopping drains requests first.
+    before its engine empties the first one's ``tmp/`` (with several main processes the main port
+    is shared, and the admin port, the primary's alone, is what fails).  Stopping drains requests
+    first.
+
+    ``process_index`` 0 is the primary: with ``--processes`` over 1 it starts the others
+    (`imageserver.processes`), which serve the main site and a metrics page for the primary's
+    ``/metrics`` only.
     """
 
     def __init__(
-        self, config: Config, reactor: Any, gc_interval: float = collector.INTERVAL
+        self,
+        config: Config,
+        reactor: Any,
+        gc_interval: float = collector.INTERVAL,
+        process_index: int = 0,
     ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self._stopping: Deferred[None] | None = None
-        self.engine = engine = Engine(config, reactor)
+        count = process_count(config.processes, config.processor_concurrency, len(usable_cpus()))
+        self.engine = engine = Engine(config, reactor, process_index, count)
         self.store, self.metrics, self.pool = engine.store, engine.metrics, engine.pool
         self.remote, self.uploads, self.images = engine.remote, engine.uploads, engine.images
         remote = self.remote
@@ -226,8 +259,19 @@ class ImageServer(service.MultiService):
             refuse_body,
             config.read_timeout,
         )
-        self.main_port = internet.TCPServer(config.port, self.site, interface=config.listen)
+        listen = SharedTCPServer if count > 1 else internet.TCPServer
+        self.main_port = listen(config.port, self.site, interface=config.listen)
         self.main_port.setServiceParent(self)
+        self.secondaries: Secondaries | None = None
+        self.metrics_site: internet.TCPServer | None = None
+        if process_index:
+            # What the primary's /metrics reads; loopback only, on a port of the system's choice.
+            metrics_site = Site(MetricsResource(self.metrics.registry))
+            metrics_site.noisy = False
+            self.metrics_site = internet.TCPServer(0, metrics_site, interface="127.0.0.1")
+            self.metrics_site.setServiceParent(self)
+            engine.setServiceParent(self)
+            return
         self.history = History(self.metrics.registry, reactor)
         self.history.setServiceParent(self)
         console = Console(
@@ -239,7 +283,12 @@ class ImageServer(service.MultiService):
             None if validator is None else validator.secrets,
             reactor,
         )
-        admin_app = AdminApp(self.lifecycle, self.metrics, console)
+        if count > 1:
+            self.secondaries = Secondaries(
+                config, count, lambda: bound_port(self.main_port), reactor, self._adopt
+            )
+        scrape = None if self.secondaries is None else partial(self._scrape, self.secondaries)
+        admin_app = AdminApp(self.lifecycle, self.metrics, console, scrape)
         # Bodies spooled and bounded as on the main site: the console's upload relay takes them.
         admin_site = ImageSite(
             admin_app.resource(),
@@ -259,6 +308,22 @@ class ImageServer(service.MultiService):
             GarbageCollector(
                 self.store, self.remote, self.uploads, config.max_file_age, reactor, gc_interval
             ).setServiceParent(self)
+        if self.secondaries is not None:
+            self.secondaries.setServiceParent(self)  # last: once the port is bound
+
+    def _adopt(self) -> None:
+        """A secondary has ended: resume the uploads and webhooks it left unfinished."""
+        self.uploads.resume()
+        if self.engine.webhooks is not None:
+            self.engine.webhooks.resume()
+
+    def _scrape(self, secondaries: Secondaries) -> Deferred[dict[int, bytes]]:
+        return scrape_metrics(self.engine.metrics_client, secondaries.metrics_ports())
+
+    def metrics_port(self) -> int:
+        """The port of a secondary's metrics page."""
+        assert self.metrics_site is not None
+        return bound_port(self.metrics_site)
 
     def startService(self) -> None:
         """Start, and log the ready line once the workers are up."""
@@ -267,9 +332,11 @@ class ImageServer(service.MultiService):
 
     def _log_ready(self, _: None) -> None:
         # The ports bound, which differ from the flags' for 0; bound before the workers started.
-        main, admin = self.main_port._port, self.admin_port._port
-        assert main is not None and admin is not None
-        logs.log_ready(self.config, main.getHost().port, admin.getHost().port)
+        if self.metrics_site is not None:
+            return  # a secondary: the primary's line speaks for the server
+        count = 1 if self.secondaries is None else self.secondaries.count
+        admin = bound_port(self.admin_port)
+        logs.log_ready(self.config, bound_port(self.main_port), admin, count)
 
     async def _stop(self) -> None:
         self.lifecycle.shutting_down = True

@@ -26,9 +26,11 @@ class LocalStore:
         self.base = os.path.abspath(base_path)
         self.tmp = os.path.join(self.base, paths.TMP_DIRECTORY)
 
-    def prepare(self) -> None:
-        """Create the base and an empty ``tmp/``."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    def prepare(self, empty_tmp: bool = True) -> None:
+        """Create the base and ``tmp/``, emptied unless another process of the server is using
+        it (a secondary main process: the primary has emptied it before starting it)."""
+        if empty_tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         os.makedirs(self.tmp, mode=DIRECTORY_MODE, exist_ok=True)
 
     def path(self, relative: str) -> str:

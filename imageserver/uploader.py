@@ -4,8 +4,9 @@ Every file to upload is first written down in ``.pending/`` beside the store (a 
 marker per file), and crossed off only once the bucket has it.  A failed upload is retried with
 jittered exponential backoff (`imageserver.backoff`), in the background, for as long as the server
 runs, and again after a restart: the markers are read back at start-up.  The garbage collector keeps
-any file that still has a marker.  The markers are counted in memory, so ``/metrics`` and the
-collector never list or stat the journal.
+any file that still has a marker.  The markers are counted in memory, so ``/metrics`` never lists
+the journal; the collector asks the journal itself about a file it would delete, since another main
+process of the server (docs/scaling.md#several-main-processes) may have written its marker.
 
 A client waits for its files' upload only while the bucket is working: once a request to it goes
 silent for ``--s3-timeout`` seconds, the client is answered and the file left to the background.
@@ -80,6 +81,9 @@ class NoUploads(Service):
     def store_later(self, relative: str, content_type: str) -> None:
         pass
 
+    def resume(self) -> None:
+        pass
+
     def is_pending(self, relative: str) -> bool:
         return False
 
@@ -105,8 +109,12 @@ class Uploader(Service):
         timeout: float,
         quick_retries: Backoff = QUICK_RETRIES,
         background_retries: Backoff = BACKGROUND_RETRIES,
+        resume: bool = True,
     ) -> None:
-        """``quick_retries`` must end (a client is waiting); ``background_retries`` must not."""
+        """``quick_retries`` must end (a client is waiting); ``background_retries`` must not.
+        ``resume``: retry what the journal holds at start (the one process that does).
+        """
+        self.resume_at_start = resume
         self.remote = remote
         self.store = store
         self.metrics = metrics
@@ -129,6 +137,12 @@ class Uploader(Service):
     def startService(self) -> None:
         super().startService()
         os.makedirs(self.journal, mode=DIRECTORY_MODE, exist_ok=True)
+        if self.resume_at_start:
+            self.resume()
+
+    def resume(self) -> None:
+        """Retry, in the background, every file of the journal not already being uploaded here:
+        at start, and when another main process has ended with files still in it."""
         for relative, content_type in self._journal_entries():
             self._pending.add(relative)
             self._retry_in_background(relative, content_type)
@@ -146,7 +160,8 @@ class Uploader(Service):
         return len(self._pending)
 
     def is_pending(self, relative: str) -> bool:
-        return relative in self._pending
+        """Whether the journal holds the file: this process's count, else the journal itself."""
+        return relative in self._pending or os.path.exists(self._marker(relative))
 
     def store_now(self, files: Sequence[tuple[str, str]]) -> Deferred[None]:
         """Upload ``(relative, content_type)`` files while a client waits.

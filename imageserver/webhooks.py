@@ -129,8 +129,11 @@ class WebhookSender(Service):
         retries: Backoff = RETRIES,
         retry_for: float = RETRY_FOR,
         outbox_max: int = OUTBOX_MAX,
+        resume: bool = True,
     ) -> None:
-        """``clock`` is wall-clock time: events' ages and deadlines outlive the process."""
+        """``clock`` is wall-clock time: events' ages and deadlines outlive the process.
+        ``resume``: send what the outbox holds at start (the one process that does)."""
+        self.resume_at_start = resume
         self.http = http
         self.url = url.encode()
         self.secret = secret
@@ -147,9 +150,16 @@ class WebhookSender(Service):
         self._deliveries: dict[str, Deferred[None]] = {}
 
     def startService(self) -> None:
-        """Resume every event a previous run left in the outbox."""
+        """Resume every event a previous run left in the outbox (or only create its folders)."""
         super().startService()
-        resumed = self.outbox.load()
+        self.outbox.prepare()
+        if self.resume_at_start:
+            self.resume()
+
+    def resume(self) -> None:
+        """Send every event of the outbox not already on its way from here: at start, and when
+        another main process has ended with events still in it."""
+        resumed = [letter for letter in self.outbox.load() if letter.id not in self._deliveries]
         if resumed:
             log.info("webhooks: resuming {count} events from the outbox", count=len(resumed))
         for letter in resumed:

@@ -105,6 +105,7 @@ class ServerTestCase(unittest.TestCase):
             "admin_port": 0,
             "local_base_path": base,
             "processor_concurrency": 1,
+            "processes": 1,  # whatever the machine's CPUs: several are tests/test_processes.py's
             # Sources in the tests are HTTP servers on 127.0.0.1; the guard's own tests turn it on.
             "allow_private_sources": True,
         }

@@ -95,6 +95,15 @@ class ReadyLineTests(unittest.SynchronousTestCase):
         )
         self.assertEqual((event["url"], event["bucket"]), ("http://127.0.0.1:7100", ""))
 
+    def test_with_several_processes(self) -> None:
+        with capturedLogs() as events:
+            logs.log_ready(Config(processor_concurrency=16), 7100, 7102, processes=2)
+        self.assertEqual(
+            formatEventAsClassicLogText(events[0]).split("] ", 1)[1],
+            "listening on http://127.0.0.1:7100 (admin http://127.0.0.1:7102), 16 workers in 2"
+            " processes, store ./public\n",
+        )
+
     def test_with_a_bucket(self) -> None:
         config = Config(
             listen="::1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -16,6 +17,7 @@ from imageserver.backoff import Backoff
 from imageserver.collector import GarbageCollector
 from imageserver.paths import partition
 from imageserver.s3 import Bucket, ChainCredentials, S3Client, S3Error
+from imageserver.service import ImageServer
 from tests.processes import IMAGE_SERVER, free_port, start_process
 from tests.s3support import FaultyProxy, moto
 from tests.support import (
@@ -370,6 +372,39 @@ class CollectorTests(S3TestCase):
         self.age(relative)
         await self.collector().collect()
         self.assertTrue(os.path.exists(self.local(relative)))
+
+    async def test_another_process_pending_uploads_are_never_collected(self) -> None:
+        """A main process's collector leaves a file whose upload another main process on the same
+        store has pending, though the bucket holds an older version of it."""
+        await self.start_s3_server(max_file_age=1)
+        await self.upload_wine()
+        proxy = FaultyProxy(self, self.moto.endpoint)
+        proxy.fail("PUT", 1000, status=500)
+        secondary = ImageServer(
+            dataclasses.replace(
+                self.server.config, s3_endpoint=proxy.endpoint, processes=2, processor_concurrency=2
+            ),
+            reactor,
+            process_index=1,
+        )
+        secondary.startService()
+        self.addCleanup(secondary.stopService)
+        await self.wait_for(lambda: secondary.pool.ready, "the second process's workers", 600)
+        port = secondary.main_port._port.getHost().port
+        relative = f"p/{WINE_DIR}/w30.jpg"
+        # Made by the other process, whose upload of it fails; an older copy is in the bucket.
+        self.assertEqual((await request("GET", f"http://127.0.0.1:{port}/{relative}")).code, 200)
+        await self.wait_for(
+            lambda: ("PUT", f"/{self.bucket}/{relative}") in proxy.requests, "a PUT"
+        )
+        self.moto.client().put_object(Bucket=self.bucket, Key=relative, Body=b"an older version")
+        self.age(relative)
+        await self.collector().collect()
+        self.assertTrue(os.path.exists(self.local(relative)))
+        # Once the other process's journal has no marker for it, the same pass deletes it.
+        os.remove(self.local(".pending", hashlib.md5(relative.encode()).hexdigest() + ".json"))
+        await self.collector().collect()
+        self.assertFalse(os.path.exists(self.local(relative)))
 
     async def test_no_collector_without_a_bucket(self) -> None:
         await self.start_server()

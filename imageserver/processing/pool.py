@@ -9,7 +9,7 @@ dies fails only its own job.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ampoule import main as ampoule_main
@@ -194,9 +194,11 @@ class WorkerPool(Service):
         max_jobs: int,
         environment: Mapping[str, str] | None = None,
         pin: bool = True,
+        cpus: Collection[int] | None = None,
     ) -> None:
+        """``cpus``: those the workers may be pinned to (default: all this process may use)."""
         self.size = size
-        self.placement = Placement(usable_cpus() if pin else (), size)
+        self.placement = Placement((usable_cpus() if cpus is None else cpus) if pin else (), size)
         self.max_queue = max_queue
         self.timeout = timeout
         self.max_jobs = max_jobs
