@@ -6,8 +6,10 @@ import os
 import signal
 import socket
 import sys
+from collections import Counter
 from dataclasses import dataclass
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
@@ -32,6 +34,34 @@ def children(pid: int) -> list[int]:
         with open(f"/proc/{pid}/task/{task}/children") as listing:
             found.extend(int(child) for child in listing.read().split())
     return found
+
+
+def metric(page: bytes, name: str) -> dict[str, float]:
+    """A counter's value per process on a merged page."""
+    found: Counter[str] = Counter()
+    for family in text_string_to_metric_families(page.decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                found[sample.labels["process"]] += sample.value
+    return dict(found)
+
+
+def process_tree(pid: int) -> tuple[list[int], list[int]]:
+    """The secondaries among ``pid``'s children, and its workers."""
+    secondaries, workers = [], []
+    for child in children(pid):
+        with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+            words = cmdline.read().split(b"\0")
+        (secondaries if b"imageserver.secondary" in words else workers).append(child)
+    return secondaries, workers
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 class ServerProcess(protocol.ProcessProtocol):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,7 +22,7 @@ from imageserver.processes import (
     secondary_config,
     share,
 )
-from tests.processes import IMAGE_SERVER, children, start_process
+from tests.processes import IMAGE_SERVER, alive, metric, process_tree, start_process
 from tests.s3support import SilentBucket, moto
 from tests.support import distinct_jpeg, image_size, request, sleep
 
@@ -85,34 +84,6 @@ class MergedMetricsTests(unittest.TestCase):
         self.assertEqual(values[("took_bucket", "0", "1.0")], 1)
         self.assertEqual(values[("took_bucket", "1", "1.0")], 0)
         self.assertEqual(values[("took_count", "1", None)], 1)
-
-
-def metric(page: bytes, name: str) -> dict[str, float]:
-    """A counter's value per process on a merged page."""
-    found: Tally[str] = Tally()
-    for family in text_string_to_metric_families(page.decode()):
-        for sample in family.samples:
-            if sample.name == name:
-                found[sample.labels["process"]] += sample.value
-    return dict(found)
-
-
-def process_tree(pid: int) -> tuple[list[int], list[int]]:
-    """The secondaries among ``pid``'s children, and its workers."""
-    secondaries, workers = [], []
-    for child in children(pid):
-        with open(f"/proc/{child}/cmdline", "rb") as cmdline:
-            words = cmdline.read().split(b"\0")
-        (secondaries if b"imageserver.secondary" in words else workers).append(child)
-    return secondaries, workers
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class TwoProcessesTests(unittest.TestCase):

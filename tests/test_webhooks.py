@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
@@ -21,7 +21,7 @@ from imageserver.backoff import Backoff
 from imageserver.metrics import Metrics
 from imageserver.outbox import OUTBOX_DIRECTORY, Outbox, dead_letters
 from imageserver.webhooks import WIRE_NAMES, WebhookSender
-from tests.processes import IMAGE_SERVER, Running, start_process
+from tests.processes import IMAGE_SERVER, Running, alive, metric, process_tree, start_process
 from tests.support import ServerTestCase, distinct_jpeg, request, sleep
 from tests.test_events import SECRET, Receiver, verify_webhook
 from tests.test_retries import FakeResponse
@@ -273,6 +273,32 @@ class ProcessTests(ServerTestCase):
         await self.wait_for(lambda: not self.outbox_ids(first.store), "the outbox to empty")
         self.assert_signed(receiver)
         self.assertIn(b"resuming 4 events", second.process.output)
+
+    async def test_events_of_a_killed_secondary_arrive_without_a_restart(self) -> None:
+        """With two main processes, the events a killed secondary left in the outbox are sent by
+        the primary, still running, once the receiver is back."""
+        receiver = Outage(self)
+        flags = webhook_flags(receiver.url, "--webhook-events", "uploaded")
+        flags += ["--processes", "2", "--processor_concurrency", "2"]
+        running = await start_process(self, [IMAGE_SERVER, "server"], flags)
+        for _ in range(300):  # at most 30 s for the secondary to serve
+            page = (await request("GET", f"{running.admin_url}/metrics")).body
+            if "1" in metric(page, "image_server_build_info"):
+                break
+            await sleep(0.1)
+        [secondary] = process_tree(running.process.pid)[0]
+        uploads = [ensureDeferred(self.upload(running, index)) for index in range(10)]
+        await gatherResults(uploads)
+        await self.wait_for(lambda: len(self.outbox_ids(running.store)) == 10, "ten events")
+        queued = self.outbox_ids(running.store)
+        page = (await request("GET", f"{running.admin_url}/metrics")).body
+        self.assertGreater(metric(page, "image_server_new_image_request_total").get("1", 0), 0)
+        os.kill(secondary, 9)
+        await self.wait_for(lambda: not alive(secondary), "the secondary to die")
+        receiver.down = False
+        await self.wait_for(lambda: set(receiver.accepted()) == queued, "every event", 600)
+        await self.wait_for(lambda: not self.outbox_ids(running.store), "the outbox to empty")
+        self.assert_signed(receiver)
 
     async def test_a_crash_before_the_cross_off_repeats_the_same_id(self) -> None:
         """The one duplicate the outbox allows: sent, killed before the answer, sent again."""
