@@ -10,7 +10,12 @@ on a shared machine, ratios much less):
 4. uploads -- 1 MB and 20 MB bodies, with the main process's peak memory;
 5. memory  -- peak RSS of the main process and each worker, reset before every measurement;
 6. thumbor -- optional (``--thumbor``): the same sources and operations through thumbor;
-7. soak    -- optional (``--soak MINUTES``): misses, hits and uploads in rounds, RSS sampled.
+7. soak    -- optional (``--soak MINUTES``): misses, hits and uploads in rounds, RSS sampled;
+8. ceiling -- optional (``--phases ...,ceiling``): misses and hits through our server with free
+              image work (free_server.py), so one main process is the bottleneck, and the model
+              of how many cores of workers one main process can keep busy;
+9. codecs  -- optional (``--phases ...,codecs``): AVIF encoder efforts against WebP at equal
+              SSIM (codecs.py), for choosing the AVIF effort and quality.
 """
 
 from __future__ import annotations
@@ -40,6 +45,28 @@ DATA = BENCHMARKS / ".data"
 RESULTS = BENCHMARKS / "results"
 NAMESPACE = "bench"
 UPLOAD_NAMESPACE = "uploads"
+PHASES = ("misses", "hits", "uploads", "ceiling", "codecs")
+# The phases that need our (real) server; ceiling starts its own, codecs none.
+SERVER_PHASES = frozenset({"misses", "hits", "uploads"})
+
+# ceiling: the connection counts (many, so the main process always has work), the source whose
+# copies are asked for (any: the free worker does not read it) and the operations named, whose
+# sizes and copies give tens of thousands of distinct names.
+CEILING_CONNECTIONS = (16, 64)
+CEILING_SOURCE = "jpeg-1080"
+CEILING_OPERATIONS = ("w300.jpg", "x200.webp", "300x200.jpg")
+# The thumbnails the model prices, from these sources: the issue's 1080p and 12 MP JPEGs.
+MODEL_SOURCES = ("jpeg-1080", "jpeg-12mp")
+MODEL_OPERATIONS = ("w300.jpg", "x200.webp")
+
+# codecs: the sources (one copy each), the variant sizes (two thumbnails and a larger one) and the
+# AVIF efforts tried (libvips' 0-9; aom's speed is 9 - effort).
+CODEC_SOURCES = ("jpeg-1080", "jpeg-12mp")
+CODEC_SIZES = ("x200", "w300", "w800")
+CODEC_EFFORTS = "0,1,2,3,4,6,9"
+CODEC_WEBP_EFFORTS = (2, 4)
+# An effort is not tried at a size once a lower one took longer than this for one encode there.
+CODEC_SLOW_SECONDS = 2.0
 
 Result = dict[str, Any]
 
@@ -60,7 +87,22 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sources", help="comma-separated source keys (default: all)")
     parser.add_argument("--operations", help="comma-separated operation keys (default: all)")
     parser.add_argument(
-        "--phases", default="misses,hits,uploads", help="which of misses,hits,uploads to run"
+        "--phases",
+        default="misses,hits,uploads",
+        help=f"which of {','.join(PHASES)} to run (default: misses,hits,uploads)",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra argument for our server's command line, repeatable; write it with '=' "
+        "(--server-arg=--processes=2)",
+    )
+    parser.add_argument(
+        "--codec-efforts",
+        default=CODEC_EFFORTS,
+        help=f"AVIF efforts the codecs phase tries (default {CODEC_EFFORTS})",
     )
     parser.add_argument(
         "--rounds", type=int, help="alternations of limit/ours/thumbor, median kept (default 3)"
@@ -68,6 +110,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="run our server under cProfile")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     arguments = parser.parse_args(argv)
+    unknown = set(arguments.phases.split(",")) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     if arguments.duration is None:
         arguments.duration = 3.0 if arguments.quick else 10.0
     if arguments.rounds is None:
@@ -122,36 +167,48 @@ def measure_load(
     max_requests: int,
     body: Path | None = None,
     headers: tuple[str, ...] = (),
+    main_pids: Callable[[], list[int]] | None = None,
 ) -> Result:
     """One wrk run with the server tree's CPU time and per-process peak RSS around it.
 
     CPU per request: the tree's CPU from the start until it is idle again, over the requests
     answered plus the `connections` requests in flight when wrk stopped, which the server still
     completes (ours finishes a job whose client left; so does thumbor).  Split into the main
-    process's own time and the rest (workers, live or reaped).
+    processes' own time and the rest (workers, live or reaped).  The main processes are
+    `main_pids()` (`OurServer.main_pids`: there may be several), else the root alone; each one's
+    cores while wrk ran say whether it was the bottleneck (about 1.0).
     """
     wait_idle(root_pid)
     pids = procs.tree(root_pid)
     procs.reset_peaks(pids)
+    mains = main_pids() if main_pids else [root_pid]
     cpu_before = procs.tree_cpu_seconds(root_pid)
-    main_before = procs.own_cpu_seconds(root_pid)
+    main_before = [procs.own_cpu_seconds(pid) for pid in mains]
     other = OtherLoad()
     result = load.run(base_url, paths, seconds, connections, max_requests, body, headers=headers)
     cpu_during = procs.tree_cpu_seconds(root_pid) - cpu_before
+    main_during = [
+        procs.own_cpu_seconds(pid) - before for pid, before in zip(mains, main_before, strict=True)
+    ]
     other_cores, wrk_cores = other.stop(cpu_during)
     pids = procs.tree(root_pid)
-    main_peak = procs.peak_rss_mb(root_pid)
-    children_peaks = [procs.peak_rss_mb(pid) for pid in pids[1:]]
+    main_peak = max(procs.peak_rss_mb(pid) for pid in mains)
+    children_peaks = [procs.peak_rss_mb(pid) for pid in pids if pid not in mains]
     wait_idle(root_pid)
     cpu = procs.tree_cpu_seconds(root_pid) - cpu_before
-    main_cpu = procs.own_cpu_seconds(root_pid) - main_before
+    main_cpu = sum(
+        procs.own_cpu_seconds(pid) - before for pid, before in zip(mains, main_before, strict=True)
+    )
     jobs = result.requests + (0 if result.exhausted else connections)
     measured: Result = result.as_dict()
-    measured["cpu_ms_per_request"] = round(1000 * cpu / jobs, 2) if result.requests else None
+    measured["cpu_ms_per_request"] = round(1000 * cpu / jobs, 3) if result.requests else None
     measured["main_cpu_ms_per_request"] = (
-        round(1000 * main_cpu / jobs, 2) if result.requests else None
+        round(1000 * main_cpu / jobs, 3) if result.requests else None
     )
     measured["cpu_cores"] = round(cpu_during / result.seconds, 2) if result.seconds else None
+    measured["main_cores"] = [
+        round(during / result.seconds, 2) if result.seconds else None for during in main_during
+    ]
     measured["wrk_cores"] = wrk_cores
     measured["other_cores"] = other_cores
     measured["main_peak_mb"] = round(main_peak, 1)
@@ -162,8 +219,6 @@ def measure_load(
 def run_limit(jobs: list[list[str]], processes: int, seconds: float, pin: bool) -> Result:
     """The pyvips limit for one list of jobs, in a subprocess with the workers' environment
     and their placement on the CPUs."""
-    from imageserver.processing.pool import worker_environment
-
     spec = {
         "processes": processes,
         "pin": pin,
@@ -177,20 +232,40 @@ def run_limit(jobs: list[list[str]], processes: int, seconds: float, pin: bool) 
     with tempfile.TemporaryDirectory(prefix="limit-", dir=DATA) as directory:
         spec_path, result_path = Path(directory, "spec.json"), Path(directory, "result.json")
         spec_path.write_text(json.dumps(spec))
-        environment = worker_environment()
-        environment["PYTHONPATH"] = f"{BENCHMARKS.parent}:{environment['PYTHONPATH']}"
         other = OtherLoad()
-        subprocess.run(
-            [sys.executable, "-m", "benchmarks.limit", str(spec_path), str(result_path)],
-            env=environment,
-            check=True,
-            timeout=seconds + 300,
-            cwd=BENCHMARKS.parent,
-        )
-        limit: Result = json.loads(result_path.read_text())
+        limit = _in_worker_environment("benchmarks.limit", spec_path, result_path, seconds + 300)
         # The subprocess's start-up and warm-up count as ours here, so this is a lower bound.
         limit["other_cores"] = other.stop(0.0)[0]
         return limit
+
+
+def _in_worker_environment(module: str, spec: Path, result: Path, timeout: float) -> Result:
+    """Run ``python -m module SPEC RESULT`` with the workers' environment; its JSON result.
+
+    A subprocess, so that libvips is first loaded with ``VIPS_CONCURRENCY=1`` as in a worker.
+    """
+    from imageserver.processing.pool import worker_environment
+
+    environment = worker_environment()
+    environment["PYTHONPATH"] = f"{BENCHMARKS.parent}:{environment['PYTHONPATH']}"
+    subprocess.run(
+        [sys.executable, "-m", module, str(spec), str(result)],
+        env=environment,
+        check=True,
+        timeout=timeout,
+        cwd=BENCHMARKS.parent,
+    )
+    answer: Result = json.loads(result.read_text())
+    return answer
+
+
+def limit_jobs(manifest: dict[str, Any], key: str, operation: Operation) -> list[list[str]]:
+    """The limit's [source file, name] jobs for a source and an operation, in the misses' order."""
+    files = [copy["file"] for copy in manifest["sources"][key]["copies"]]
+    return [
+        [str(DATA / "sources" / files[copy]), operation.limit_name(sizes)]
+        for copy, sizes in work_list(key, operation, len(files))
+    ]
 
 
 def adapted_duration(seconds: float, limit_rate: float) -> float:
@@ -239,10 +314,7 @@ def phase_misses(
         for operation in operations:
             work = work_list(key, operation, len(files))
             names = [(copy, operation.ours(sizes)) for copy, sizes in work]
-            jobs = [
-                [str(DATA / "sources" / files[copy]), operation.limit_name(sizes)]
-                for copy, sizes in work
-            ]
+            jobs = limit_jobs(manifest, key, operation)
             paths = [_image_path(NAMESPACE, hashes[key][copy], name) for copy, name in names]
             headers = (f"Accept: {operation.accept}",) if operation.accept else ()
             thumbor_paths = [
@@ -266,6 +338,7 @@ def phase_misses(
                             connections,
                             len(paths),
                             headers=headers,
+                            main_pids=server.main_pids,
                         )
                         offset += measured["ours"]["requests"] + connections
                         continue
@@ -323,11 +396,13 @@ def phase_hits(
         }
         print(f"  {label}: ", end="", flush=True)
         for round_ in range(arguments.rounds):  # alternated, the best of each kept
-            for side, pid, url in (
-                ("ours", server.pid, server.url),
-                ("static", static.pid, static.url),
+            for side, pid, url, mains in (
+                ("ours", server.pid, server.url, server.main_pids),
+                ("static", static.pid, static.url, None),
             ):
-                measured = measure_load(pid, url, [path], arguments.duration, 8, 10_000_000)
+                measured = measure_load(
+                    pid, url, [path], arguments.duration, 8, 10_000_000, main_pids=mains
+                )
                 if side not in row or measured["rps"] > row[side]["rps"]:
                     row[side] = measured
                 print(f"{side} {measured['rps']}/s ", end="", flush=True)
@@ -352,12 +427,172 @@ def phase_uploads(
             arguments.workers,
             1_000_000,
             body=body,
+            main_pids=server.main_pids,
         )
         measured["body_bytes"] = upload["bytes"]
         measured["megabytes_per_s"] = round(measured["rps"] * upload["bytes"] / 1e6, 1)
         print(f"  {key}: {measured['rps']}/s, main peak {measured['main_peak_mb']} MB", flush=True)
         rows.append({"upload": key, "ours": measured})
     return rows
+
+
+def ceiling_paths(hashes: list[str]) -> list[str]:
+    """Every distinct miss path of the ceiling's operations over the copies, shuffled."""
+    paths = [
+        _image_path(NAMESPACE, image_hash, BY_KEY[key].ours(sizes))
+        for key in CEILING_OPERATIONS
+        for image_hash in hashes
+        for sizes in BY_KEY[key].sizes()
+    ]
+    random.Random("ceiling").shuffle(paths)
+    return paths
+
+
+def phase_ceiling(
+    arguments: argparse.Namespace, manifest: dict[str, Any], misses: list[Result]
+) -> Result:
+    """What one main process can answer when the image work is free, and what that is worth.
+
+    Our server with `free_worker.FreeWorker` (free_server.py): each worker renders its first
+    variant of a format for real, then writes copies of it, so a miss costs the main process
+    everything it costs in production (HTTP, the store's checks, the AMP round trip, the rename,
+    serving the file) and the workers next to nothing.  Misses on distinct names and hits on one
+    stored variant, with many connections so that the main process never waits for work: its
+    rate is then the ceiling when it used a whole core.  The limit's CPU per image for the
+    model's thumbnails comes from this run's misses phase, or is measured here.
+    """
+    store = DATA / "free-store"
+    shutil.rmtree(store, ignore_errors=True)
+    free = servers.FreeServer(
+        store,
+        arguments.workers,
+        DATA / "logs" / "free-server.log",
+        pin=arguments.pin,
+        extra_arguments=arguments.server_arg,
+    )
+    result: Result = {"source": CEILING_SOURCE, "operations": list(CEILING_OPERATIONS)}
+    try:
+        hashes = []
+        for copy in manifest["sources"][CEILING_SOURCE]["copies"]:
+            body = (DATA / "sources" / copy["file"]).read_bytes()
+            hashes.append(str(servers.post(f"{free.url}/{NAMESPACE}", body)["hash"]))
+        # Each worker renders its first variant of each format for real: before measuring, on
+        # 4 names of each format per worker.
+        everything = ceiling_paths(hashes)
+        warm = [
+            path
+            for extension in (".jpg", ".webp")
+            for path in [p for p in everything if p.endswith(extension)][: 4 * arguments.workers]
+        ]
+        load.run(free.url, warm, 30, 2 * arguments.workers, len(warm))
+        warmed = set(warm)
+        paths = [path for path in everything if path not in warmed]
+        offset = 0
+        result["misses"] = []
+        for connections in CEILING_CONNECTIONS:
+            measured = measure_load(
+                free.pid,
+                free.url,
+                paths[offset:],
+                arguments.duration,
+                connections,
+                len(paths) - offset,
+                main_pids=free.main_pids,
+            )
+            measured["connections"] = connections
+            offset += measured["requests"] + connections
+            result["misses"].append(measured)
+            print(f"  misses, {connections} connections: {_ceiling_line(measured)}", flush=True)
+        hit = warm[0]  # made during the warm-up: a real thumbnail, or a copy of one
+        result["hit_bytes"] = len(servers.get(free.url + hit)[2])
+        result["hits"] = []
+        for connections in CEILING_CONNECTIONS:
+            measured = measure_load(
+                free.pid,
+                free.url,
+                [hit],
+                arguments.duration,
+                connections,
+                10_000_000,
+                main_pids=free.main_pids,
+            )
+            measured["connections"] = connections
+            result["hits"].append(measured)
+            print(f"  hits, {connections} connections: {_ceiling_line(measured)}", flush=True)
+    finally:
+        free.stop()
+    result["limits"] = _model_limits(arguments, manifest, misses)
+    return result
+
+
+def _ceiling_line(measured: Result) -> str:
+    return (
+        f"{measured['rps']}/s, main {measured['main_cpu_ms_per_request']} ms CPU each, "
+        f"main cores {measured['main_cores']}"
+    )
+
+
+def _model_limits(
+    arguments: argparse.Namespace, manifest: dict[str, Any], misses: list[Result]
+) -> list[Result]:
+    """The limit's CPU per image of each of the model's thumbnails, and our main process's CPU
+    per miss on it: from this run's misses phase when it measured them, else the limit now."""
+    limits: list[Result] = []
+    for key in MODEL_SOURCES:
+        if key not in manifest["sources"]:
+            continue
+        for operation_key in MODEL_OPERATIONS:
+            row = next(
+                (r for r in misses if r["source"] == key and r["operation"] == operation_key),
+                None,
+            )
+            entry: Result = {"source": key, "operation": operation_key}
+            if row is not None:
+                entry["limit_cpu_ms_per_image"] = row["limit"]["cpu_ms_per_image"]
+                entry["limit_from"] = "misses"
+                entry["real_main_cpu_ms_per_miss"] = row["ours"]["main_cpu_ms_per_request"]
+            else:
+                jobs = limit_jobs(manifest, key, BY_KEY[operation_key])
+                limit = run_limit(jobs, arguments.workers, arguments.duration, arguments.pin)
+                entry["limit_cpu_ms_per_image"] = limit["cpu_ms_per_image"]
+                entry["limit_from"] = "ceiling"
+                entry["real_main_cpu_ms_per_miss"] = None
+            print(
+                f"  limit {key} {operation_key}: {entry['limit_cpu_ms_per_image']} ms CPU per "
+                f"image (from {entry['limit_from']})",
+                flush=True,
+            )
+            limits.append(entry)
+    return limits
+
+
+def phase_codecs(arguments: argparse.Namespace, manifest: dict[str, Any]) -> Result:
+    """AVIF efforts against WebP at equal SSIM on one copy of each JPEG source (codecs.py)."""
+    efforts = sorted({int(effort) for effort in arguments.codec_efforts.split(",")})
+    spec: Result = {
+        "sources": [
+            {
+                "key": key,
+                "path": str(DATA / "sources" / manifest["sources"][key]["copies"][0]["file"]),
+            }
+            for key in CODEC_SOURCES
+            if key in manifest["sources"]
+        ],
+        "sizes": list(CODEC_SIZES),
+        "efforts": efforts,
+        "webp_efforts": list(CODEC_WEBP_EFFORTS),
+        # CPU spent timing each setting: a tenth of a measurement's duration, at most 7 encodes.
+        "budget_ms": 100 * arguments.duration,
+        "repetitions": 7,
+        "slow_seconds": CODEC_SLOW_SECONDS,
+        "scratch": str(DATA),
+    }
+    with tempfile.TemporaryDirectory(prefix="codecs-", dir=DATA) as directory:
+        spec_path, result_path = Path(directory, "spec.json"), Path(directory, "result.json")
+        spec_path.write_text(json.dumps(spec))
+        result = _in_worker_environment("benchmarks.codecs", spec_path, result_path, 3600)
+    result["settings"] = {key: value for key, value in spec.items() if key != "scratch"}
+    return result
 
 
 def soak_work(manifest: dict[str, Any], hashes: dict[str, list[str]]) -> list[str]:
@@ -489,53 +724,80 @@ def run(arguments: argparse.Namespace) -> Result:
             "miss_connections": 2 * arguments.workers,
             "hit_connections": 8,
             "upload_connections": arguments.workers,
+            "ceiling_connections": list(CEILING_CONNECTIONS),
+            "server_arguments": arguments.server_arg,
             "rounds": arguments.rounds,
             "quick": arguments.quick,
         },
         "sources": manifest,
     }
+    with _terminate_cleanly(), contextlib.ExitStack() as stack:
+        if phases & SERVER_PHASES or arguments.soak:
+            server_phases(arguments, phases, manifest, source_keys, operations, results, stack)
+        if "ceiling" in phases:
+            print(f"Ceiling: image-server with free workers ({arguments.workers})", flush=True)
+            results["ceiling"] = phase_ceiling(arguments, manifest, results.get("misses", []))
+        if "codecs" in phases:
+            print("Codecs: AVIF efforts against WebP at equal SSIM", flush=True)
+            results["codecs"] = phase_codecs(arguments, manifest)
+    results["targets"] = report.targets(results)
+    return results
+
+
+def server_phases(
+    arguments: argparse.Namespace,
+    phases: set[str],
+    manifest: dict[str, Any],
+    source_keys: list[str],
+    operations: list[Operation],
+    results: Result,
+    stack: contextlib.ExitStack,
+) -> None:
+    """The phases through our real server (and thumbor's), which `stack` stops."""
     store = DATA / "store"
     shutil.rmtree(store, ignore_errors=True)
     logs = DATA / "logs"
     profile = RESULTS / "server.prof" if arguments.profile else None
-    with _terminate_cleanly(), contextlib.ExitStack() as stack:
-        print(f"Starting image-server with {arguments.workers} workers", flush=True)
-        ours = servers.OurServer(
-            store, arguments.workers, logs / "image-server.log", profile, pin=arguments.pin
-        )
-        stack.callback(ours.stop)
-        thumbor: servers.Thumbor | None = None
-        if arguments.thumbor:
-            installed, message = servers.ensure_thumbor()
-            results["thumbor"] = {"installed": installed, "version": message}
-            if installed:
-                print(f"Starting {message} with {arguments.workers} processes", flush=True)
-                thumbor = servers.Thumbor(
-                    DATA / "sources", arguments.workers, DATA / "thumbor.conf", logs / "thumbor.log"
-                )
-                stack.callback(thumbor.stop)
-            else:
-                print(message, flush=True)
-        print("Uploading the sources", flush=True)
-        hashes = upload_sources(ours, manifest)
-        if "misses" in phases:
-            print("Limit, misses" + (" and thumbor" if thumbor else ""), flush=True)
-            results["misses"] = phase_misses(
-                arguments, ours, thumbor, manifest, hashes, source_keys, operations
+    print(f"Starting image-server with {arguments.workers} workers", flush=True)
+    ours = servers.OurServer(
+        store,
+        arguments.workers,
+        logs / "image-server.log",
+        profile,
+        pin=arguments.pin,
+        extra_arguments=arguments.server_arg,
+    )
+    stack.callback(ours.stop)
+    thumbor: servers.Thumbor | None = None
+    if arguments.thumbor:
+        installed, message = servers.ensure_thumbor()
+        results["thumbor"] = {"installed": installed, "version": message}
+        if installed:
+            print(f"Starting {message} with {arguments.workers} processes", flush=True)
+            thumbor = servers.Thumbor(
+                DATA / "sources", arguments.workers, DATA / "thumbor.conf", logs / "thumbor.log"
             )
-        if "hits" in phases:
-            static = servers.StaticServer(store, logs / "static.log")
-            stack.callback(static.stop)
-            print("Hits", flush=True)
-            results["hits"] = phase_hits(arguments, ours, static, hashes)
-        if "uploads" in phases:
-            print("Uploads", flush=True)
-            results["uploads"] = phase_uploads(arguments, ours, manifest)
-        if arguments.soak:
-            print(f"Soak, {arguments.soak} minutes", flush=True)
-            results["soak"] = phase_soak(arguments, ours, manifest, hashes)
-    results["targets"] = report.targets(results)
-    return results
+            stack.callback(thumbor.stop)
+        else:
+            print(message, flush=True)
+    print("Uploading the sources", flush=True)
+    hashes = upload_sources(ours, manifest)
+    if "misses" in phases:
+        print("Limit, misses" + (" and thumbor" if thumbor else ""), flush=True)
+        results["misses"] = phase_misses(
+            arguments, ours, thumbor, manifest, hashes, source_keys, operations
+        )
+    if "hits" in phases:
+        static = servers.StaticServer(store, logs / "static.log")
+        stack.callback(static.stop)
+        print("Hits", flush=True)
+        results["hits"] = phase_hits(arguments, ours, static, hashes)
+    if "uploads" in phases:
+        print("Uploads", flush=True)
+        results["uploads"] = phase_uploads(arguments, ours, manifest)
+    if arguments.soak:
+        print(f"Soak, {arguments.soak} minutes", flush=True)
+        results["soak"] = phase_soak(arguments, ours, manifest, hashes)
 
 
 def main(argv: list[str] | None = None) -> int:

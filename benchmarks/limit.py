@@ -66,11 +66,17 @@ def _work(
         if time.perf_counter() >= deadline:
             break
     elapsed = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
+    cpu_seconds = time.process_time() - cpu_started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     exhausted = done == len(todo) and time.perf_counter() < deadline
     results.put(
-        {"done": done, "seconds": elapsed, "cpu": cpu, "peak_mb": peak_mb, "exhausted": exhausted}
+        {
+            "done": done,
+            "seconds": elapsed,
+            "cpu": cpu_seconds,
+            "peak_mb": peak_mb,
+            "exhausted": exhausted,
+        }
     )
 
 

@@ -23,6 +23,12 @@ SOAK_GROWTH_LIMIT = 0.10
 # The issue's "1920x1080 and 12 MP sources" for the misses target: its two photo JPEGs.
 MISS_TARGET_SOURCES = ("jpeg-1080", "jpeg-12mp")
 TWELVE_MP_SOURCES = ("jpeg-12mp", "heic-12mp")
+# A main process using this much of a core was the bottleneck: its rate is the ceiling.
+SATURATED_CORES = 0.9
+# codecs: the issue's bound (an AVIF miss within twice a WebP one) holds at thumbnail sizes.
+AVIF_RENDER_BOUND = 2.0
+THUMBNAIL_SIZES = ("x200", "w300")
+WEBP_REFERENCE = "2"  # the WebP effort the server uses: its SSIM at q75 is the target
 
 
 def pick_rounds(row: Result) -> None:
@@ -64,6 +70,112 @@ def add_ratios(results: Result) -> None:
             row["thumbor_failed"] = successful <= 0 and thumbor["errors"] > 0
     for row in results.get("hits", []):
         row["ours_vs_static"] = _ratio(row["ours"]["rps"], row["static"]["rps"])
+    if "ceiling" in results:
+        results["ceiling"]["model"] = ceiling_model(results["ceiling"])
+    if "codecs" in results:
+        codec_ratios(results["codecs"])
+
+
+def _per_main(measured: Result) -> Result:
+    """One ceiling load's figures for one main process: its rate measured, its rate by CPU (what
+    a whole core would answer at that CPU per request) and whether it was the bottleneck."""
+    mains = max(1, len(measured["main_cores"]))
+    main_ms = measured["main_cpu_ms_per_request"]
+    return {
+        "connections": measured["connections"],
+        "main_processes": mains,
+        "per_s": round(measured["rps"] / mains, 1),
+        "per_s_by_cpu": round(1000 / main_ms, 1) if main_ms else None,
+        "main_cpu_ms": main_ms,
+        "saturated": min(c or 0 for c in measured["main_cores"]) >= SATURATED_CORES,
+    }
+
+
+def _cores(limit_ms: float | None, main_ms: float | None) -> float | None:
+    """Worker cores per main process: the limit's CPU per image over the main CPU per miss."""
+    return round(limit_ms / main_ms, 1) if limit_ms and main_ms else None
+
+
+def ceiling_model(ceiling: Result) -> Result:
+    """How many cores of workers one main process can keep busy, per thumbnail.
+
+    cores = (misses per second one main process answers) x (the limit's CPU seconds per image):
+    the cores whose workers would make images as fast as one main process hands them out.  The
+    rate is the measured one (the ceiling itself when the main process used a whole core, else
+    a lower bound), and also the rate by CPU, 1000 / (main CPU ms per miss), which a busy
+    machine disturbs less; with the main CPU per miss of the real misses phase, when this run
+    measured it, as a second estimate (the same main process with real workers beside it).
+    """
+    misses = max(ceiling["misses"], key=lambda m: m["rps"])
+    hits = max(ceiling["hits"], key=lambda m: m["rps"])
+    miss, hit = _per_main(misses), _per_main(hits)
+    thumbnails = []
+    for limit in ceiling["limits"]:
+        limit_ms = limit["limit_cpu_ms_per_image"]
+        real_ms = limit["real_main_cpu_ms_per_miss"]
+        thumbnails.append(
+            {
+                "source": limit["source"],
+                "operation": limit["operation"],
+                "limit_cpu_ms_per_image": limit_ms,
+                "limit_from": limit["limit_from"],
+                "cores_at_ceiling": round(miss["per_s"] * limit_ms / 1000, 1),
+                "cores_by_main_cpu": _cores(limit_ms, miss["main_cpu_ms"]),
+                "real_main_cpu_ms_per_miss": real_ms,
+                "cores_by_real_main_cpu": _cores(limit_ms, real_ms),
+            }
+        )
+    return {"misses": miss, "hits": hit, "thumbnails": thumbnails}
+
+
+def codec_ratios(codecs: Result) -> None:
+    """AVIF against WebP (ours: effort 2, q75) at equal SSIM, and the effort to choose.
+
+    A render's CPU is estimated as the decode and scale plus the encode, measured in the same
+    rounds: for each row, the AVIF effort's ``render_vs_webp`` is (decode + AVIF encode) /
+    (decode + WebP encode).  An effort qualifies when that is within `AVIF_RENDER_BOUND` on every
+    thumbnail row; the one chosen has the fewest bytes (mean ratio to WebP) among those.
+    """
+    by_effort: dict[int, list[Result]] = {}
+    for row in codecs["rows"]:
+        webp = row["webp"][WEBP_REFERENCE]
+        decode = row["decode_scale_ms"]
+        row["webp_encode_share"] = _ratio(webp["cpu_ms"], decode + webp["cpu_ms"])
+        row["avif_today_vs_webp_render"] = _ratio(
+            row["render_ms"]["avif"], row["render_ms"]["webp"]
+        )
+        for entry in row["avif"]:
+            if "quality" not in entry:
+                continue
+            # The decode and WebP's encode timed in the same rounds as this effort's encode.
+            beside, webp_ms = entry["decode_scale_ms"], entry["webp_cpu_ms"]
+            entry["encode_vs_webp"] = _ratio(entry["cpu_ms"], webp_ms)
+            entry["render_vs_webp"] = _ratio(beside + entry["cpu_ms"], beside + webp_ms)
+            entry["bytes_vs_webp"] = _ratio(entry["bytes"], webp["bytes"])
+            entry["encode_share"] = _ratio(entry["cpu_ms"], beside + entry["cpu_ms"])
+            if row["size"] in THUMBNAIL_SIZES:
+                by_effort.setdefault(entry["effort"], []).append(entry)
+    thumbnail_rows = sum(1 for row in codecs["rows"] if row["size"] in THUMBNAIL_SIZES)
+    efforts = []
+    for effort, entries in sorted(by_effort.items()):
+        complete = len(entries) == thumbnail_rows
+        worst = max(entry["render_vs_webp"] or 0 for entry in entries)
+        efforts.append(
+            {
+                "effort": effort,
+                "thumbnail_rows": len(entries),
+                "qualities": sorted({entry["quality"] for entry in entries}),
+                "mean_bytes_vs_webp": round(
+                    sum(entry["bytes_vs_webp"] or 0 for entry in entries) / len(entries), 3
+                ),
+                "worst_render_vs_webp": worst,
+                "within_bound": complete and worst <= AVIF_RENDER_BOUND,
+            }
+        )
+    codecs["efforts"] = efforts
+    eligible = [effort for effort in efforts if effort["within_bound"]]
+    best = min(eligible, key=lambda e: (e["mean_bytes_vs_webp"], e["effort"]), default=None)
+    codecs["recommendation"] = best
 
 
 def _all_main_peaks(results: Result) -> list[tuple[str, float]]:
@@ -322,9 +434,245 @@ def render(results: Result) -> str:
             f"(growth {_format(soak['main_rss_growth'], 3)} from the first minute on); "
             f"workers at the end {last['worker_rss_mb']} MB.\n\n"
         )
+    if "ceiling" in results:
+        out.write(_render_ceiling(results["ceiling"]))
+    if "codecs" in results:
+        out.write(_render_codecs(results["codecs"]))
     rows = [[t["target"], t["status"], _target_detail(t)] for t in results.get("targets", [])]
     out.write("Targets\n\n" + _table(["target", "status", "figures"], rows) + "\n")
     return out.getvalue()
+
+
+def _render_ceiling(ceiling: Result) -> str:
+    """The ceiling's loads, then the model (`ceiling_model`)."""
+    header = [
+        "load",
+        "connections",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "main CPU ms/req",
+        "main cores",
+        "tree CPU ms/req",
+        "wrk cores",
+        "other load",
+    ]
+    rows = []
+    for kind in ("misses", "hits"):
+        for measured in ceiling[kind]:
+            flags = (" (ran out of names)" if measured["exhausted"] else "") + (
+                f" ({measured['errors']} errors)" if measured["errors"] else ""
+            )
+            rows.append(
+                [
+                    kind,
+                    str(measured["connections"]),
+                    _format(measured["rps"], 0) + flags,
+                    _format(measured["p50_ms"]),
+                    _format(measured["p99_ms"]),
+                    _format(measured["main_cpu_ms_per_request"], 3),
+                    ", ".join(_format(cores, 2) for cores in measured["main_cores"]),
+                    _format(measured["cpu_ms_per_request"], 3),
+                    _format(measured["wrk_cores"], 2),
+                    _format(measured["other_cores"], 2),
+                ]
+            )
+    out = io.StringIO()
+    out.write(
+        f"Ceiling: our server with free image work (benchmarks/free_worker.py), misses on "
+        f"distinct {ceiling['source']} names ({', '.join(ceiling['operations'])}), hits on one "
+        f"stored {ceiling.get('hit_bytes', '?')}-byte variant\n\n" + _table(header, rows) + "\n\n"
+    )
+    model = ceiling.get("model")
+    if not model:
+        return out.getvalue()
+    lines = []
+    for kind, label in (("misses", "misses"), ("hits", "hits")):
+        figures = model[kind]
+        verdict = (
+            "a whole core: this is the ceiling"
+            if figures["saturated"]
+            else "less than a core (the machine was busy): the ceiling is higher"
+        )
+        lines.append(
+            f"- {label}: {_format(figures['per_s'], 0)}/s per main process measured "
+            f"({figures['connections']} connections; main process at {verdict}); "
+            f"{_format(figures['per_s_by_cpu'], 0)}/s by its CPU "
+            f"(1000 / {_format(figures['main_cpu_ms'], 3)} ms per request)"
+        )
+    header = [
+        "source",
+        "operation",
+        "limit CPU ms/img",
+        "cores at ceiling (rate x limit)",
+        "cores by free main CPU",
+        "real main CPU ms/miss",
+        "cores by real main CPU",
+    ]
+    rows = [
+        [
+            row["source"],
+            row["operation"],
+            f"{_format(row['limit_cpu_ms_per_image'])} ({row['limit_from']})",
+            _format(row["cores_at_ceiling"]),
+            _format(row["cores_by_main_cpu"]),
+            _format(row["real_main_cpu_ms_per_miss"], 2),
+            _format(row["cores_by_real_main_cpu"]),
+        ]
+        for row in model["thumbnails"]
+    ]
+    out.write(
+        "One main process:\n\n" + "\n".join(lines) + "\n\n"
+        "Cores of workers one main process keeps busy: misses per second it answers x the "
+        "limit's CPU seconds per image (by free main CPU: limit ms / main ms per miss with free "
+        "workers; by real main CPU: the same with the main ms per miss of this run's misses "
+        "phase)\n\n" + _table(header, rows) + "\n\n"
+    )
+    return out.getvalue()
+
+
+def _render_codecs(codecs: Result) -> str:
+    """The AVIF efforts against WebP (`codec_ratios`), row by row, then by effort."""
+    out = io.StringIO()
+    header = [
+        "source",
+        "size",
+        "decode+scale ms",
+        "WebP render ms",
+        "AVIF render today ms",
+        "AVIF today / WebP",
+        "WebP encode share",
+        "target SSIM (WebP q75 e2)",
+    ]
+    rows = [
+        [
+            row["source"],
+            f"{row['size']} ({row['width']}x{row['height']})",
+            _format(row["decode_scale_ms"], 2),
+            _format(row["render_ms"]["webp"], 2),
+            _format(row["render_ms"]["avif"], 2),
+            _format(row["avif_today_vs_webp_render"], 2),
+            _format(row["webp_encode_share"], 2),
+            _format(row["target_ssim"], 4),
+        ]
+        for row in codecs["rows"]
+    ]
+    out.write(
+        "Codecs: CPU per render and per encode (one process, VIPS_CONCURRENCY=1); renders are "
+        "operations.render as the server calls it, AVIF today at effort 2, q50\n\n"
+        + _table(header, rows)
+        + "\n\n"
+    )
+    header = [
+        "source",
+        "size",
+        "encoder",
+        "Q",
+        "SSIM",
+        "bytes",
+        "bytes / WebP",
+        "encode ms",
+        "encode / WebP",
+        "render / WebP",
+        "encode share",
+    ]
+    rows = []
+    for row in codecs["rows"]:
+        place = [row["source"], row["size"]]
+        for effort, webp in row["webp"].items():
+            rows.append(
+                [
+                    *place,
+                    f"WebP e{effort}",
+                    str(webp["quality"]),
+                    _format(webp["ssim"], 4),
+                    str(webp["bytes"]),
+                    "-",
+                    _format(webp["cpu_ms"], 2),
+                    "-",
+                    "-",
+                    "-",
+                ]
+            )
+        for entry in row["avif"]:
+            label = f"AVIF e{entry['effort']}"
+            if "quality" not in entry:
+                reason = entry.get("skipped") or "WebP's SSIM not reached at Q100"
+                rows.append([*place, label, "-", "-", "-", "-", "-", "-", "-", reason])
+                continue
+            rows.append(
+                [
+                    *place,
+                    label,
+                    str(entry["quality"]),
+                    _format(entry["ssim"], 4),
+                    str(entry["bytes"]),
+                    _format(entry["bytes_vs_webp"], 2),
+                    _format(entry["cpu_ms"], 2),
+                    _format(entry["encode_vs_webp"], 2),
+                    _format(entry["render_vs_webp"], 2),
+                    _format(entry["encode_share"], 2),
+                ]
+            )
+            today = entry.get("at_default_quality")
+            if today:
+                rows.append(
+                    [
+                        *place,
+                        f"AVIF e{entry['effort']} today",
+                        str(today["quality"]),
+                        _format(today["ssim"], 4),
+                        str(today["bytes"]),
+                        _format(today["bytes"] / row["webp"][WEBP_REFERENCE]["bytes"], 2),
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                    ]
+                )
+    out.write(
+        "AVIF at the smallest Q whose SSIM reaches WebP q75 effort 2's (render / WebP: "
+        "(decode+scale + encode) / (decode+scale + WebP encode))\n\n"
+        + _table(header, rows)
+        + "\n\n"
+    )
+    header = [
+        "AVIF effort",
+        "Q matching WebP q75",
+        "bytes / WebP (mean)",
+        "worst render / WebP",
+        f"within {AVIF_RENDER_BOUND:g}x on every thumbnail",
+    ]
+    rows = [
+        [
+            str(effort["effort"]),
+            _span(effort["qualities"]),
+            _format(effort["mean_bytes_vs_webp"], 2),
+            _format(effort["worst_render_vs_webp"], 2),
+            "yes" if effort["within_bound"] else "no",
+        ]
+        for effort in codecs.get("efforts", [])
+    ]
+    best = codecs.get("recommendation")
+    verdict = (
+        f"effort {best['effort']} at Q {_span(best['qualities'])}: "
+        f"{_format(best['mean_bytes_vs_webp'], 2)} x WebP's bytes, at most "
+        f"{_format(best['worst_render_vs_webp'], 2)} x its render CPU"
+        if best
+        else f"no effort keeps AVIF within {AVIF_RENDER_BOUND:g} x WebP's render CPU"
+    )
+    out.write(
+        f"AVIF by effort, on the thumbnails ({', '.join(THUMBNAIL_SIZES)}) at equal SSIM; "
+        f"the fewest bytes within {AVIF_RENDER_BOUND:g} x WebP's render: {verdict}\n\n"
+        + _table(header, rows)
+        + "\n\n"
+    )
+    return out.getvalue()
+
+
+def _span(values: list[int]) -> str:
+    """A sorted list of qualities as its range: "45" or "42-47"."""
+    return str(values[0]) if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
 
 
 def _memory_rows(results: Result) -> list[list[str]]:

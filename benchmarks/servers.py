@@ -1,6 +1,8 @@
 """The servers under test, each a child of the benchmark, listening on 127.0.0.1 only.
 
-- ours: ``image-server server`` from the project's virtualenv (optionally under cProfile);
+- ours: ``image-server server`` from the project's virtualenv (optionally under cProfile), with
+  any extra arguments the run was given (``--server-arg``);
+- ours with free image work (free_server.py): the same command line, workers that answer at once;
 - the reference for hits: a bare `twisted.web.static.File` (static_server.py) on the same store;
 - the peer: thumbor, in its own virtualenv, with ``--processes``.
 
@@ -20,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import procs
@@ -128,7 +131,13 @@ def _alive(pid: int) -> bool:
 
 
 class OurServer(Managed):
-    """``image-server server`` on a fresh store, ready once its workers are."""
+    """``image-server server`` on a fresh store, ready once its workers are.
+
+    `extra_arguments` go at the end of its command line (``--server-arg``: a flag being tried,
+    such as several main processes sharing the port).
+    """
+
+    name = "image-server"
 
     def __init__(
         self,
@@ -138,6 +147,7 @@ class OurServer(Managed):
         profile: Path | None = None,
         maximum_width: int = 5000,
         pin: bool = True,
+        extra_arguments: Sequence[str] = (),
     ) -> None:
         self.port, self.admin_port = free_port(), free_port()
         self.store = store
@@ -159,12 +169,16 @@ class OurServer(Managed):
             f"--pin-workers={str(pin).lower()}",
             # A miss phase asks each copy of a source for hundreds of variants.
             "--max-variants-per-image=0",
+            *extra_arguments,
         ]
+        super().__init__(self.name, self.launcher(profile) + command, log)
+        self.wait_until(f"{self.admin_url}/probe/ready", 120)
+
+    def launcher(self, profile: Path | None) -> list[str]:
+        """The program and its own arguments, before the server's command line."""
         script = str(VENV / "bin" / "image-server")
         python = str(VENV / "bin" / "python")
-        argv = [python, "-m", "cProfile", "-o", str(profile), script] if profile else [script]
-        super().__init__("image-server", argv + command, log)
-        self.wait_until(f"{self.admin_url}/probe/ready", 120)
+        return [python, "-m", "cProfile", "-o", str(profile), script] if profile else [script]
 
     @property
     def url(self) -> str:
@@ -175,7 +189,48 @@ class OurServer(Managed):
         return f"http://{HOST}:{self.admin_port}"
 
     def worker_pids(self) -> list[int]:
-        return procs.children(self.pid)
+        """The live image workers, under whichever main process started them."""
+        return [pid for pid in self.descendants() if is_worker(pid)]
+
+    def main_pids(self) -> list[int]:
+        """Every main process: the one started here, and any descendant that is not a worker.
+
+        One today; several once the server runs more main processes sharing the port, which
+        the CPU accounting then counts together (each one's own time, not its workers').
+        """
+        return [self.pid] + [pid for pid in self.descendants() if not is_worker(pid)]
+
+
+class FreeServer(OurServer):
+    """Our server with `benchmarks.free_worker.FreeWorker` as its workers (free_server.py): the
+    same command line, image work that costs nothing, so the main process is the bottleneck."""
+
+    name = "image-server (free workers)"
+
+    def launcher(self, profile: Path | None) -> list[str]:
+        python = str(VENV / "bin" / "python")
+        module = ["-m", "benchmarks.free_server"]
+        return (
+            [python, "-m", "cProfile", "-o", str(profile), *module]
+            if profile
+            else [python, *module]
+        )
+
+
+# The AMP child classes our pools start: ampoule runs each worker as ``python -c BOOTSTRAP
+# REACTOR CLASS``, and no main process has such a command line (a forked one keeps its parent's).
+WORKER_CLASSES = frozenset(
+    {b"imageserver.processing.worker.Worker", b"benchmarks.free_worker.FreeWorker"}
+)
+
+
+def is_worker(pid: int) -> bool:
+    """Whether `pid` is an image worker, by its command line."""
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return False
+    return len(arguments) > 2 and arguments[1] == b"-c" and arguments[-1] in WORKER_CLASSES
 
 
 class StaticServer(Managed):

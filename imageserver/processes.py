@@ -54,6 +54,8 @@ STEADY_SECONDS = 60.0
 STOP_SECONDS = 40.0
 # How long the primary's /metrics waits for a secondary's page.
 SCRAPE_SECONDS = 2.0
+# How a secondary is started, after the interpreter and before its index.
+SECONDARY_ARGUMENTS: tuple[str, ...] = ("-m", "imageserver.secondary")
 # The secondary's file descriptor for the line that tells the primary its metrics port.
 CONTROL_FD = 3
 
@@ -207,7 +209,7 @@ class Secondaries(Service):
         transport = self.reactor.spawnProcess(
             protocol,
             sys.executable,
-            [sys.executable, "-m", "imageserver.secondary", str(index)],
+            [sys.executable, *SECONDARY_ARGUMENTS, str(index)],
             env=os.environ.copy(),
             # Logs go where the primary's go; the control line comes back on its own pipe.
             childFDs={0: "w", 1: 1, 2: 2, CONTROL_FD: "r"},
