@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import socket
 import time
 from importlib.metadata import version
 from typing import Any
@@ -18,8 +19,9 @@ from ampoule import child as ampoule_child
 from ampoule import commands as ampoule_commands
 from ampoule import main as ampoule_main
 from ampoule import pool as ampoule_pool
+from twisted.internet import protocol
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.interfaces import IProcessTransport, IWriteDescriptor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -27,10 +29,14 @@ from twisted.protocols import amp
 from twisted.trial import unittest
 from twisted.web import http
 
+from imageserver.processes import SharedTCPServer, bound_port
+from imageserver.processing import libheif
 from imageserver.processing import pool as pool_module
 
 SITE = "imageserver/site.py"
 POOL = "imageserver/processing/pool.py"
+LIBHEIF = "imageserver/processing/libheif.py"
+PROCESSES = "imageserver/processes.py"
 
 
 def changed(use: str, user: str, distribution: str, what: str) -> str:
@@ -262,4 +268,51 @@ class WorkerStartTests(unittest.SynchronousTestCase):
             "dumpStats",
             vars(ampoule_pool.ProcessPool),
             changed("ProcessPool.dumpStats", POOL, "ampoule", "the start-up dump moved"),
+        )
+
+
+class BundledLibheifTests(unittest.SynchronousTestCase):
+    def test_pi_heifs_bundled_libheif_is_the_one_bound(self) -> None:
+        """`libheif` binds with ctypes the libheif that the pi-heif wheel bundles (in
+        ``pi_heif.libs/``), declared from the headers of ``libheif.VERSION``: found elsewhere, or
+        of another version, its functions and structures may not be the ones declared."""
+        use = "the libheif bundled in pi_heif.libs, bound with ctypes"
+        try:
+            path = libheif.library_path()
+            bound = libheif.version()
+        except (ImportError, OSError, AttributeError) as error:
+            self.fail(changed(use, LIBHEIF, "pi-heif", str(error)))
+        self.assertIn(
+            "/pi_heif.libs/libheif-",
+            path,
+            changed(use, LIBHEIF, "pi-heif", f"the library is now {path}"),
+        )
+        self.assertEqual(
+            bound,
+            libheif.VERSION,
+            changed(use, LIBHEIF, "pi-heif", f"it bundles libheif {bound}"),
+        )
+
+
+class SharedPortTests(unittest.TestCase):
+    async def test_the_server_service_gets_its_port_from_getport(self) -> None:
+        """`SharedTCPServer` overrides ``internet.TCPServer._getPort``, which Twisted's server
+        services call to listen (in ``privilegedStartService``), to bind with ``SO_REUSEPORT``
+        through ``tcp.Port.createInternetSocket``: two of them share one port."""
+        use = "TCPServer._getPort (SO_REUSEPORT for several main processes)"
+        first = SharedTCPServer(0, protocol.Factory(), interface="127.0.0.1")
+        first.startService()
+        self.addCleanup(first.stopService)
+        port = bound_port(first)
+        second = SharedTCPServer(port, protocol.Factory(), interface="127.0.0.1")
+        try:
+            second.startService()
+        except CannotListenError as error:
+            self.fail(changed(use, PROCESSES, "twisted", f"the port was not shared: {error}"))
+        self.addCleanup(second.stopService)
+        listening = second._port
+        self.assertTrue(
+            listening is not None
+            and listening.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT),
+            changed(use, PROCESSES, "twisted", "the service no longer listens through _getPort"),
         )

@@ -3,7 +3,8 @@
 Pure functions of files: a path in, a path out, no Twisted.  libvips does the work with
 shrink-on-load (JPEG's scaled decode, else `thumbnail_source`'s), EXIF auto-orientation,
 conversion to sRGB and no metadata in the output.  HEVC-coded HEIC/HEIF is decoded with pi-heif,
-because the libvips in pyvips-binary can read a HEIF header but has no HEVC decoder.
+because the libvips in pyvips-binary can read a HEIF header but has no HEVC decoder; from its
+embedded thumbnail or only the grid tiles a crop needs when that is enough (`hevc_source`).
 
 Hostile input is kept out three ways: the pixel count is checked from the header before anything is
 decoded; every libvips loader except the whitelisted ones is blocked for the whole process; and the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +30,7 @@ import pyvips
 from imageserver import errors
 from imageserver.heif import HEAD_BYTES, heif_codec
 from imageserver.names import Variant
+from imageserver.processing import libheif
 
 # Frames read from an animated source; later ones are dropped.  The frames read count towards the
 # pixel limit.
@@ -145,6 +148,7 @@ def render(
     variant: Variant,
     max_pixels: int = 100_000_000,
     max_dimension: int = 0,
+    heic_shortcuts: bool = True,
 ) -> tuple[int, int]:
     """Write `variant` of `source` to exactly `destination` and return its (frame) size.
 
@@ -153,7 +157,9 @@ def render(
     ``-fit`` and ``-pad``.  Animated GIF/WebP stay animated when written as GIF or WebP, every
     frame cut and padded alike.  The source and the output are both held to `max_pixels`, and the
     output's sides to `max_dimension` (0: no limit), so a derived side cannot run away.
-    On any failure `destination` does not exist afterwards.
+    On any failure `destination` does not exist afterwards.  `heic_shortcuts` False decodes an
+    HEVC HEIC whole whatever the variant, to measure what the shortcuts save and change
+    (benchmarks/quality.py).
     """
     output_format = variant.output_format or ""
     save = _saver(output_format)  # refuse an unwritable format before decoding anything
@@ -171,7 +177,7 @@ def render(
     try:
         with _vips_errors_as(errors.ProcessingFailed, path_words(source, destination)):
             if header.hevc:
-                image = _decode_hevc(source, *shape.scaled)
+                image = _decode_hevc_for(source, shape, heic_shortcuts)
             else:
                 image = _thumbnail(source, *shape.scaled, frames, header)
             if variant.crops:
@@ -294,11 +300,14 @@ def _check_decodes(path: str, header: _Header) -> None:
 
     A JPEG cut short in its scan data has a perfect header; without this it would be stored and
     every variant of it would fail.  Shrink-on-load keeps the check cheap for JPEG and WebP.
+    An HEVC HEIC is decoded whole and strictly: leniently (as pi-heif does), a grid cut short
+    decodes with its missing tiles blank.
     """
+    if header.hevc:
+        with _heif_errors_as(errors.UnreadableImage), libheif.open_file(path) as heif:
+            heif.decode(heif.primary(), strict=True)
+        return
     with _vips_errors_as(errors.UnreadableImage, path_words(path)):
-        if header.hevc:
-            _decode_hevc(path, 1, 1, failure=errors.UnreadableImage)
-            return
         pyvips.Image.thumbnail_source(
             pyvips.Source.new_from_file(path), 8, option_string=f"fail_on={header.fail_on}"
         ).avg()
@@ -382,13 +391,8 @@ def jpeg_shrink(source_width: int, source_height: int, width: int, height: int) 
     return 1
 
 
-def _decode_hevc(
-    path: str,
-    width: int,
-    height: int,
-    failure: Callable[[str], errors.ImageServerError] = errors.ProcessingFailed,
-) -> pyvips.Image:
-    """Decode an HEVC HEIC with pi-heif and scale it to width x height.
+def _decode_hevc(path: str, width: int, height: int) -> pyvips.Image:
+    """Decode an HEVC HEIC whole with `hevc_decoder()` and scale it to width x height.
 
     libheif has already applied the container's rotation and mirroring (irot/imir), so nothing is
     rotated again; the memory image carries no EXIF.  No shrink-on-load is possible here.
@@ -403,26 +407,188 @@ def _decode_hevc(
         pixels, stride = heif.data, heif.stride
         icc = heif.info.get("icc_profile")
     except _HEIF_ERRORS as error:
-        raise failure(f"HEIF decoding failed: {error}") from error
+        raise errors.ProcessingFailed(f"HEIF decoding failed: {error}") from error
     bands = _HEIF_BANDS.get(mode)
     if bands is None:
-        raise failure(f"HEIF pixel mode {mode} is not supported")
+        raise errors.ProcessingFailed(f"HEIF pixel mode {mode} is not supported")
     row = source_width * bands
     if stride != row:  # libheif pads rows; libvips wants them packed
         pixels = b"".join(pixels[y * stride : y * stride + row] for y in range(source_height))
     image = pyvips.Image.new_from_memory(pixels, source_width, source_height, bands, "uchar")
-    # Tagged as what it is: a bare memory image is "multiband", whose last band libvips does not
-    # take for alpha, so a transparent HEIC would be written to JPEG unflattened.
-    image = image.copy(interpretation="srgb" if bands >= 3 else "b-w")
-    if mode.endswith("a"):
+    image = _tagged(image, premultiplied=mode.endswith("a"))
+    # Computed now, while `heif` (the owner of `pixels`) is alive: see the docstring.
+    return _scaled(image, icc, width, height).copy_memory()
+
+
+def _tagged(image: pyvips.Image, premultiplied: bool) -> pyvips.Image:
+    """A bare memory image of decoded HEIF pixels tagged as what it is, its alpha not premultiplied.
+
+    A bare memory image is "multiband", whose last band libvips does not take for alpha, so a
+    transparent HEIC would be written to JPEG unflattened.
+    """
+    image = image.copy(interpretation="srgb" if image.bands >= 3 else "b-w")
+    if premultiplied:
         image = image.unpremultiply().cast("uchar")
+    return image
+
+
+def _scaled(image: pyvips.Image, icc: bytes | None, width: int, height: int) -> pyvips.Image:
+    """`image` resized to width x height, converted to sRGB from its ICC profile if it has one."""
     options: dict[str, str] = {}
     if icc:
         image = image.copy()
         image.set_type(pyvips.GValue.blob_type, "icc-profile-data", icc)
         options["export_profile"] = "srgb"
-    # Computed now, while `heif` (the owner of `pixels`) is alive: see the docstring.
-    return image.thumbnail_image(width, height=height, size="force", **options).copy_memory()
+    return image.thumbnail_image(width, height=height, size="force", **options)
+
+
+# What a variant of an HEVC HEIC is decoded from (`hevc_source`).
+THUMBNAIL = "thumbnail"
+TILES = "tiles"
+WHOLE = "whole"
+
+
+@dataclass(frozen=True)
+class _HevcPlan:
+    """The cheapest correct source of a variant of an HEVC HEIC: `source` is THUMBNAIL (decode
+    `thumbnail`), TILES (decode the grid tiles of `columns` x `rows`) or WHOLE."""
+
+    source: str
+    thumbnail: libheif.Image | None = None
+    columns: range = range(0)
+    rows: range = range(0)
+
+
+def hevc_source(path: str, variant: Variant) -> str:
+    """What `render` decodes `variant` of the HEVC HEIC at `path` from: THUMBNAIL, TILES or WHOLE.
+
+    The outputs hardly show it (a thumbnail is the file's own smaller copy, tiles give the whole
+    decode's pixels), so this says which it was, for tests and measurements.
+    """
+    header = _read_header(path)
+    shape = geometry(header.width, header.height, variant)
+    with _heif_errors_as(errors.ProcessingFailed), libheif.open_file(path) as heif:
+        return _hevc_plan(heif, heif.primary(), shape).source
+
+
+def _decode_hevc_for(path: str, shape: Geometry, shortcuts: bool = True) -> pyvips.Image:
+    """The scaled source of a variant of an HEVC HEIC, from the cheapest source that is correct.
+
+    As libvips' own `thumbnail` does for HEIF, from the embedded thumbnail when it is at least the
+    scaled size: a phone's 320x240 serves every variant up to that size for under 2 % of the
+    whole decode's CPU.  Else, for a crop at a known place, from only the grid tiles that the
+    resize reads for the crop (a phone's 12 MP photo is 48 tiles of 512x512): the tiles are placed
+    in a mosaic of the image's size whose other tiles are black and never read, so the resize and
+    the crop are exactly those of the whole image.  Else whole (`_decode_hevc`).  The shortcuts'
+    speed and their difference from whole decodes are in benchmarks/README.md.
+    """
+    if shortcuts:
+        with _heif_errors_as(errors.ProcessingFailed), libheif.open_file(path) as heif:
+            primary = heif.primary()
+            plan = _hevc_plan(heif, primary, shape)
+            if plan.thumbnail is not None:
+                image = _vips_image(heif.decode(plan.thumbnail))
+                return _scaled(image, heif.icc_profile(plan.thumbnail), *shape.scaled)
+            if plan.source == TILES and shape.crop is not None:
+                mosaic = _mosaic(heif, primary, plan)
+                left, top = shape.crop
+                scaled = _scaled(mosaic, heif.icc_profile(primary), *shape.scaled)
+                return scaled.crop(left, top, *shape.output)
+    return _decode_hevc(path, *shape.scaled)
+
+
+@contextlib.contextmanager
+def _heif_errors_as(kind: Callable[[str], errors.ImageServerError]) -> Iterator[None]:
+    """Turn libheif's refusal of a file into `kind`, worded as pi-heif's are."""
+    try:
+        yield
+    except libheif.HeifError as error:
+        raise kind(f"HEIF decoding failed: {error}") from error
+
+
+def _hevc_plan(heif: libheif.File, primary: libheif.Image, shape: Geometry) -> _HevcPlan:
+    """Where the variant of `shape` comes from in `heif` (see `_decode_hevc_for`).
+
+    A thumbnail counts only when it is a scaled copy of the image: both sides at least the scaled
+    size, the same aspect ratio within a pixel's rounding, and alpha when the image has alpha; the
+    smallest such one.  Tiles only for a crop at a known place (not a smart crop, which looks at
+    the whole image), in a file that neither rotates, mirrors nor crops the image for display
+    (its tiles would not be where the displayed pixels are), of an image without alpha (libheif
+    1.23 decodes a tile's alpha from the alpha grid's tile at the same place only by chance, a
+    TODO in its image_item.cc), and when fewer than all are needed.
+    """
+    width, height = shape.scaled
+    thumbnails = [
+        thumbnail
+        for thumbnail in heif.thumbnails(primary)
+        if thumbnail.width >= width
+        and thumbnail.height >= height
+        and thumbnail.alpha == primary.alpha
+        and abs(thumbnail.width * primary.height - thumbnail.height * primary.width)
+        <= max(primary.width, primary.height)
+    ]
+    if thumbnails:
+        return _HevcPlan(THUMBNAIL, min(thumbnails, key=lambda image: image.width * image.height))
+    if (
+        shape.crop is None
+        or shape.output == shape.scaled
+        or primary.alpha
+        or heif.transformed(primary)
+    ):
+        return _HevcPlan(WHOLE)
+    tiling = heif.tiling(primary)
+    left, top = shape.crop
+    columns = _tiles_read(left, shape.output[0], width, primary.width, tiling.tile_width)
+    rows = _tiles_read(top, shape.output[1], height, primary.height, tiling.tile_height)
+    if len(columns) * len(rows) == tiling.columns * tiling.rows:
+        return _HevcPlan(WHOLE)
+    return _HevcPlan(TILES, columns=columns, rows=rows)
+
+
+def _tiles_read(start: int, length: int, scaled: int, source: int, tile: int) -> range:
+    """The tiles along one side that resizing `source` pixels to `scaled` reads to make the
+    scaled pixels [start, start + length).
+
+    libvips' resize shrinks by a whole factor (a box of at most 1 / scale pixels), then reduces
+    with a Lanczos-3 kernel (3 scaled pixels either side): 4 scaled pixels of margin, and 2 source
+    pixels for rounding, cover both.
+    """
+    scale = scaled / source
+    margin = 4 / scale + 2
+    first = max(0, math.floor(start / scale - margin))
+    last = min(source - 1, math.ceil((start + length) / scale + margin))
+    return range(first // tile, last // tile + 1)
+
+
+def _mosaic(heif: libheif.File, primary: libheif.Image, plan: _HevcPlan) -> pyvips.Image:
+    """The primary image with only the tiles of `plan` decoded, the others black (never read)."""
+    tiling = heif.tiling(primary)
+    pieces = []
+    for row in range(tiling.rows):
+        for column in range(tiling.columns):
+            if column in plan.columns and row in plan.rows:
+                pixels = heif.decode_tile(primary, column, row)
+                if (pixels.width, pixels.height) != (tiling.tile_width, tiling.tile_height):
+                    raise libheif.HeifError("a grid tile is not of the grid's tile size")
+                pieces.append(_bare(pixels))
+            else:
+                blank = pyvips.Image.black(tiling.tile_width, tiling.tile_height, bands=3)
+                pieces.append(blank.cast("uchar"))
+    joined = pyvips.Image.arrayjoin(pieces, across=tiling.columns)
+    # The last column and row of tiles may reach past the image.
+    return _tagged(joined.crop(0, 0, primary.width, primary.height), premultiplied=False)
+
+
+def _bare(pixels: libheif.Pixels) -> pyvips.Image:
+    """Pixels copied out of libheif as a libvips memory image, which keeps them alive."""
+    return pyvips.Image.new_from_memory(
+        pixels.data, pixels.width, pixels.height, pixels.bands, "uchar"
+    )
+
+
+def _vips_image(pixels: libheif.Pixels) -> pyvips.Image:
+    """Pixels copied out of libheif as a tagged libvips image (see `_tagged`)."""
+    return _tagged(_bare(pixels), pixels.premultiplied)
 
 
 def _position(image: pyvips.Image, shape: Geometry, frames: int) -> pyvips.Image:
@@ -496,7 +662,10 @@ def _rgb(colour: str) -> list[int]:
 #   or trellis quantisation (2-10x slower).  Chroma 4:2:0 below quality 90, as ImageMagick does.
 # - PNG: zlib level 3 with adaptive filtering: almost level 6's size, clearly faster.
 # - WebP: effort 2 of 0-6, about twice as fast as the default 4 for ~5% more bytes.
-# - AVIF: effort 2 of 0-9 (aom speed 7); the default 4 is 5-6x slower for ~3% fewer bytes.
+# - AVIF: effort 1 of 0-9 (aom speed 8), chosen by `benchmarks/run --phases codecs`: at the
+#   luma SSIM of WebP q75 it writes ~0.75x WebP's bytes for at most ~1.7x WebP's CPU per thumbnail;
+#   effort 2 saved ~5% more bytes for 2.3-2.7x WebP's CPU, and the default 4 is 6-9x slower than
+#   2 for 10-12% fewer bytes (benchmarks/README.md, "AVIF encoder effort").
 # - GIF: quantisation effort 1 of 1-10, several times faster than the default 7.
 # keep="none" drops EXIF, XMP, IPTC and ICC (pixels are already sRGB).
 _Saver = Callable[[pyvips.Image, str, int], None]
@@ -519,7 +688,7 @@ def _save_gif(image: pyvips.Image, path: str, quality: int) -> None:
 
 
 def _save_avif(image: pyvips.Image, path: str, quality: int) -> None:
-    image.heifsave(path, compression="av1", Q=quality, effort=2, keep="none")
+    image.heifsave(path, compression="av1", Q=quality, effort=1, keep="none")
 
 
 def _save_heic(image: pyvips.Image, path: str, quality: int) -> None:
