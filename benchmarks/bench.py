@@ -45,7 +45,7 @@ DATA = BENCHMARKS / ".data"
 RESULTS = BENCHMARKS / "results"
 NAMESPACE = "bench"
 UPLOAD_NAMESPACE = "uploads"
-PHASES = ("misses", "hits", "uploads", "ceiling", "codecs")
+PHASES = ("misses", "hits", "uploads", "ceiling", "codecs", "quality")
 # The phases that need our (real) server; ceiling starts its own, codecs none.
 SERVER_PHASES = frozenset({"misses", "hits", "uploads"})
 
@@ -595,6 +595,17 @@ def phase_codecs(arguments: argparse.Namespace, manifest: dict[str, Any]) -> Res
     return result
 
 
+def phase_quality(manifest: dict[str, Any]) -> Result:
+    """The HEIC shortcuts (embedded thumbnail, grid tiles) against whole decodes, for the HEIC
+    operations' sizes: source used, PSNR, CPU per render both ways (quality.py)."""
+    copies = manifest["sources"]["heic-12mp"]["copies"]
+    spec = {"sources": [str(DATA / "sources" / copies[0]["file"])], "repeat": 3}
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as scratch:
+        spec_path, result_path = Path(scratch) / "spec.json", Path(scratch) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        return _in_worker_environment("benchmarks.quality", spec_path, result_path, 3600)
+
+
 def soak_work(manifest: dict[str, Any], hashes: dict[str, list[str]]) -> list[str]:
     """A large shuffled list of distinct miss paths over the fast sources (no HEIC)."""
     paths: list[str] = []
@@ -740,6 +751,9 @@ def run(arguments: argparse.Namespace) -> Result:
         if "codecs" in phases:
             print("Codecs: AVIF efforts against WebP at equal SSIM", flush=True)
             results["codecs"] = phase_codecs(arguments, manifest)
+        if "quality" in phases:
+            print("Quality: HEIC variants from the shortcuts against whole decodes", flush=True)
+            results["quality"] = phase_quality(manifest)
     results["targets"] = report.targets(results)
     return results
 

@@ -438,9 +438,31 @@ def render(results: Result) -> str:
         out.write(_render_ceiling(results["ceiling"]))
     if "codecs" in results:
         out.write(_render_codecs(results["codecs"]))
+    if "quality" in results:
+        out.write(_render_quality(results["quality"]))
     rows = [[t["target"], t["status"], _target_detail(t)] for t in results.get("targets", [])]
     out.write("Targets\n\n" + _table(["target", "status", "figures"], rows) + "\n")
     return out.getvalue()
+
+
+def _render_quality(quality: Result) -> str:
+    """Each HEIC variant: what it was decoded from, PSNR against a whole decode, CPU both ways."""
+    rows = [
+        [
+            row["name"],
+            row["decoded_from"],
+            "identical" if row["psnr_db"] == float("inf") else _format(row["psnr_db"]),
+            _format(row["cpu_ms_shortcut"], 0),
+            _format(row["cpu_ms_whole"], 0),
+            _format(_ratio(row["cpu_ms_shortcut"], row["cpu_ms_whole"]), 3),
+        ]
+        for row in quality["rows"]
+    ]
+    header = ["variant", "decoded from", "PSNR dB", "CPU ms", "whole CPU ms", "CPU / whole"]
+    return (
+        "HEIC shortcuts (quality.py: one process, VIPS_CONCURRENCY=1; PSNR of lossless renders"
+        " against the whole decode's)\n\n" + _table(header, rows) + "\n\n"
+    )
 
 
 def _render_ceiling(ceiling: Result) -> str:
