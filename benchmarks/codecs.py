@@ -15,7 +15,8 @@ resize, the crop), and kept in memory.  Then:
   once a lower one took over ``slow_seconds`` of CPU for one encode there (effort 9 on an
   800-pixel image takes ten seconds);
 - the decode and scale alone, and `operations.render` itself for WebP and for AVIF as the server
-  makes them today (effort 2, quality 50), so that encodes can be set against a whole render.
+  makes them today (`operations.AVIF_EFFORT`, quality 50), so that encodes can be set against a
+  whole render.
 
 SSIM is computed on luma (Rec. 601 weights) with libvips arithmetic: Gaussian-weighted means,
 variances and covariance (sigma 1.5, the usual 11-pixel window), the constants of Wang et al.
@@ -49,7 +50,7 @@ from imageserver.processing import operations
 WEBP_QUALITY = 75
 WEBP_EFFORT = 2
 # What the server writes AVIF with today.
-AVIF_EFFORT = 2
+AVIF_EFFORT = operations.AVIF_EFFORT
 AVIF_QUALITY = 50
 
 # SSIM: a Gaussian window of sigma 1.5 (the usual 11x11), constants for 8-bit samples.
@@ -297,7 +298,7 @@ def measure(spec: Result) -> Result:
                 row["seconds"] = round(time.monotonic() - started, 1)
                 print(f"  {source['key']} {size}: {row['seconds']} s", flush=True)
                 rows.append(row)
-    return {"rows": rows}
+    return {"rows": rows, "server_avif_effort": AVIF_EFFORT}
 
 
 def main(argv: list[str]) -> None:

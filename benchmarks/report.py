@@ -581,9 +581,8 @@ def _render_codecs(codecs: Result) -> str:
     ]
     out.write(
         "Codecs: CPU per render and per encode (one process, VIPS_CONCURRENCY=1); renders are "
-        "operations.render as the server calls it, AVIF today at effort 2, q50\n\n"
-        + _table(header, rows)
-        + "\n\n"
+        "operations.render as the server calls it, AVIF today at effort "
+        f"{codecs.get('server_avif_effort', 2)}, q50\n\n" + _table(header, rows) + "\n\n"
     )
     header = [
         "source",

@@ -669,6 +669,7 @@ def _rgb(colour: str) -> list[int]:
 # - GIF: quantisation effort 1 of 1-10, several times faster than the default 7.
 # keep="none" drops EXIF, XMP, IPTC and ICC (pixels are already sRGB).
 _Saver = Callable[[pyvips.Image, str, int], None]
+AVIF_EFFORT = 1
 
 
 def _save_jpeg(image: pyvips.Image, path: str, quality: int) -> None:
@@ -688,7 +689,7 @@ def _save_gif(image: pyvips.Image, path: str, quality: int) -> None:
 
 
 def _save_avif(image: pyvips.Image, path: str, quality: int) -> None:
-    image.heifsave(path, compression="av1", Q=quality, effort=1, keep="none")
+    image.heifsave(path, compression="av1", Q=quality, effort=AVIF_EFFORT, keep="none")
 
 
 def _save_heic(image: pyvips.Image, path: str, quality: int) -> None:
