@@ -1,20 +1,25 @@
 """The last 15 minutes of the server's own counters, kept in memory for the admin console's charts.
 
 The console charts the server with no Prometheus to scrape it: every `INTERVAL` seconds the
-server reads its own registry (the series ``/metrics`` shows, nothing counted twice) and keeps
-the readings of the last `SPAN` seconds.  Rates and latency quantiles are worked out only when
+server reads its own registry (the series ``/metrics`` shows, nothing counted twice), and the
+other main processes' pages when there are several, and keeps the readings of the last `SPAN`
+seconds.  Rates and latency quantiles are worked out only when
 the console asks, from two readings, as Prometheus' ``rate`` and ``histogram_quantile`` would.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -60,12 +65,14 @@ class Reading:
     buckets: Sequence[tuple[float, float]]
 
 
-def read(registry: CollectorRegistry, now: float) -> Reading:
+def read(families: Iterable[Metric], now: float) -> Reading:
+    """A reading of metric families: one registry's, or several processes' together (every
+    counter, gauge and bucket summed over them)."""
     counts = dict.fromkeys(COUNTERS, 0.0)
     gauges: dict[str, float | None] = dict.fromkeys(GAUGES)
     gauge_keys = {name: key for key, name in GAUGES.items()}
     buckets: dict[float, float] = {}
-    for family in registry.collect():
+    for family in families:
         for sample in family.samples:
             for key, (name, labels) in COUNTERS.items():
                 if sample.name == name and labels.items() <= sample.labels.items():
@@ -106,12 +113,20 @@ def _difference(
 
 
 class History(Service):
-    """Readings of a registry every ``interval`` seconds, the last `SPAN` seconds of them."""
+    """Readings of a registry every ``interval`` seconds, the last `SPAN` seconds of them.
+
+    ``others``: the other main processes' metrics pages, added to each reading.
+    """
 
     def __init__(
-        self, registry: CollectorRegistry, clock: IReactorTime, interval: float = INTERVAL
+        self,
+        registry: CollectorRegistry,
+        clock: IReactorTime,
+        interval: float = INTERVAL,
+        others: Callable[[], Deferred[dict[int, bytes]]] | None = None,
     ) -> None:
         self.registry = registry
+        self.others = others
         self.clock = clock
         self.interval = interval
         self.readings: deque[Reading] = deque(maxlen=int(SPAN / interval) + 1)
@@ -127,11 +142,22 @@ class History(Service):
             self._loop.stop()
         super().stopService()
 
-    def sample(self) -> None:
+    def sample(self) -> Deferred[None] | None:
         """Take a reading.  A collector that fails is logged, and the next reading tried: the
         charts must not stop for good over one bad scrape."""
+        now = self.clock.seconds()
+        if self.others is None:
+            self._keep([], now)
+            return None
+        return self.others().addCallback(lambda pages: self._keep(list(pages.values()), now))
+
+    def _keep(self, pages: list[bytes], now: float) -> None:
+        """Read this registry and the other processes' `pages` as one."""
         try:
-            self.readings.append(read(self.registry, self.clock.seconds()))
+            parsed = [
+                text_string_to_metric_families(page.decode("utf-8", "replace")) for page in pages
+            ]
+            self.readings.append(read(itertools.chain(self.registry.collect(), *parsed), now))
         except Exception:
             log.failure("could not read the metrics for the console's history")
 

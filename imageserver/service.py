@@ -272,7 +272,12 @@ class ImageServer(service.MultiService):
             self.metrics_site.setServiceParent(self)
             engine.setServiceParent(self)
             return
-        self.history = History(self.metrics.registry, reactor)
+        if count > 1:
+            self.secondaries = Secondaries(
+                config, count, lambda: bound_port(self.main_port), reactor, self._adopt
+            )
+        scrape = None if self.secondaries is None else partial(self._scrape, self.secondaries)
+        self.history = History(self.metrics.registry, reactor, others=scrape)
         self.history.setServiceParent(self)
         console = Console(
             config,
@@ -283,11 +288,6 @@ class ImageServer(service.MultiService):
             None if validator is None else validator.secrets,
             reactor,
         )
-        if count > 1:
-            self.secondaries = Secondaries(
-                config, count, lambda: bound_port(self.main_port), reactor, self._adopt
-            )
-        scrape = None if self.secondaries is None else partial(self._scrape, self.secondaries)
         admin_app = AdminApp(self.lifecycle, self.metrics, console, scrape)
         # Bodies spooled and bounded as on the main site: the console's upload relay takes them.
         admin_site = ImageSite(

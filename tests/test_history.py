@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client import generate_latest
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -100,3 +102,23 @@ class HistoryTests(unittest.TestCase):
         errors = self.flushLoggedErrors(RuntimeError)
         self.assertEqual(len(errors), 1)
         self.assertTrue(self.history._loop.running)
+
+
+class SeveralProcessesTests(unittest.TestCase):
+    def test_the_other_processes_pages_count_too(self) -> None:
+        """With several main processes, a reading adds the others' pages to this registry."""
+        own, other = Metrics(), Metrics()
+        clock = Clock()
+        pages = {1: generate_latest(other.registry)}
+        history = History(own.registry, clock, others=lambda: succeed(dict(pages)))
+        history.startService()
+        self.addCleanup(history.stopService)
+        own.new_image.inc(2)
+        other.new_image.inc(4)
+        for seconds in (0.02, 0.4):
+            other.processing_seconds.labels("jpg").observe(seconds)
+        pages[1] = generate_latest(other.registry)
+        clock.advance(INTERVAL)
+        series = history.series()
+        self.assertEqual(series["uploads"], [6 / INTERVAL])
+        self.assertEqual(series["misses"], [2 / INTERVAL])
