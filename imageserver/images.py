@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imageserver import mime, negotiate, paths
+from imageserver.claims import Claims
 from imageserver.coalesce import Coalescer
 from imageserver.errors import (
     BodyTooLarge,
@@ -101,7 +102,10 @@ class Images:
         remote: RemoteStore | None = None,
         events: Events | None = None,
         public_url: Callable[[str], str] = lambda relative: "",
+        claims: Claims | None = None,
     ) -> None:
+        """``claims``: with several main processes, who makes a new variant (`Claims`)."""
+        self.claims = claims
         self.store = store
         self.pool = pool
         self.downloader = downloader
@@ -380,10 +384,15 @@ class Images:
             directory = paths.image_directory(namespace, image_hash)
             await self.quota.admit(directory, variant.name)
             try:
-                path = await self._render(namespace, image_hash, variant, output_format, labels)
+                path = await self._render_once(
+                    namespace, image_hash, variant, output_format, labels
+                )
             except BaseException:
                 self.quota.give_back(directory)
                 raise
+            if path is None:  # another main process made it, and uploads it
+                self.metrics.version_noop.labels(*labels).inc()
+                return self.store.path(relative)
             if upload_later:
                 self.uploads.store_later(relative, mime.for_name(variant.name))
             return path
@@ -418,6 +427,24 @@ class Images:
             raise NotFound(f"image {namespace}/{image_hash} does not exist")
         if self.remote is not None:
             os.utime(path)
+
+    async def _render_once(
+        self,
+        namespace: str,
+        image_hash: str,
+        variant: Variant,
+        output_format: str,
+        labels: tuple[str, str, str],
+    ) -> str | None:
+        """`_render`, or None when another main process has made the variant meanwhile."""
+        if self.claims is None:
+            return await self._render(namespace, image_hash, variant, output_format, labels)
+        relative = paths.relative_path(namespace, image_hash, variant.name)
+        return await self.claims.run(
+            relative,
+            lambda: self.store.exists(relative),
+            lambda: self._render(namespace, image_hash, variant, output_format, labels),
+        )
 
     async def _render(
         self,

@@ -19,6 +19,7 @@ from imageserver import collector, logs, paths
 from imageserver.addresses import GuardedReactor
 from imageserver.admin import AdminApp, Console
 from imageserver.backoff import Backoff
+from imageserver.claims import CLAIMS_DIRECTORY, Claims
 from imageserver.collector import GarbageCollector
 from imageserver.debug import Debugger
 from imageserver.events import Events, Fanout
@@ -55,6 +56,9 @@ from imageserver.webhooks import WebhookSender, enabled_events
 MAX_REDIRECTS = 5
 # How long a shutdown waits for in-flight requests (the Go server's drain).
 DRAIN_SECONDS = 30.0
+# What a process waiting on another's claim allows beyond --processing-timeout: the job's wait for
+# a worker, whose queue is bounded by --max-queue.
+CLAIM_SLACK = 30.0
 
 
 class Engine(service.MultiService):
@@ -173,6 +177,7 @@ class Engine(service.MultiService):
             lambda relative: paths.remote_url(
                 config.remote_base_url, paths.remote_key(config.remote_base_path, relative)
             ),
+            None if processes == 1 else claims(self.store, reactor, config.processing_timeout),
         )
 
     def startService(self) -> None:
@@ -359,6 +364,14 @@ class ImageServer(service.MultiService):
 
         self._stopping.addBoth(relay)
         return stopped
+
+
+def claims(store: LocalStore, reactor: Any, processing_timeout: float) -> Claims:
+    """Claims on new variants in the store's ``tmp/``, waited on for as long as a job may take
+    and its wait for a worker."""
+    return Claims(
+        os.path.join(store.tmp, CLAIMS_DIRECTORY), reactor, processing_timeout + CLAIM_SLACK
+    )
 
 
 def _credentials(config: Config) -> CredentialSource:
