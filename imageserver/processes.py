@@ -1,12 +1,12 @@
 """Several main processes on one port and one store (docs/scaling.md#several-main-processes).
 
-One main process hands out and answers about 1 000 misses a second at most (benchmarks/README.md,
-"The ceiling of one main process"): enough for the workers of about eight cores making 1080p
+One main process hands out and answers about 950-1 200 misses a second at most
+(benchmarks/README.md, "Issue 21"): enough for the workers of 8-17 cores making 1080p
 thumbnails.  On a bigger machine ``--processes`` starts more: the first process (the *primary*)
 binds the main port with ``SO_REUSEPORT``, starts the others (the *secondaries*) as its children,
 and the kernel spreads new connections across every process's socket.  Each process has its own
-share of the workers and of the CPUs they are pinned to; the store, the upload journal and the
-webhook outbox are shared on disk.
+share of the workers and of the CPUs they are pinned to; the store, the upload journal, the
+webhook outbox and the claims on new variants (`imageserver.claims`) are shared on disk.
 
 Only the primary runs the admin site (its ``/metrics`` includes every process's series, labelled
 ``process``), the cache collector, the console's history and the profiler, and replays the upload
@@ -42,8 +42,8 @@ from imageserver.options import Config
 
 log = Logger()
 
-# Cores of 1080p thumbnail work that keep one main process busy (benchmarks/README.md, "The
-# ceiling of one main process"); ``--processes 0`` starts one main process per this many CPUs.
+# Cores of 1080p thumbnail work that keep one main process busy, the low end of the measured 8-17
+# (benchmarks/README.md, "Issue 21"); ``--processes 0`` starts one main process per this many CPUs.
 CORES_PER_PROCESS = 8
 # A secondary that ends is started again after this many seconds, doubled for each end in a row
 # that came sooner than `STEADY_SECONDS` after its start, up to `LONGEST_RESTART_DELAY`.
