@@ -39,6 +39,10 @@ class ProfileTests(ServerTestCase):
         await self.start_server(profile=True, profile_port=0)
         started = time.monotonic()
         profiling = ensureDeferred(self.get("/debug/profile?seconds=2"))
+        debugger = self.server.debugger
+        assert debugger is not None
+        # The two requests come on connections of their own: the second must follow the first.
+        await self.wait_for(lambda: debugger.app.profile is not None, "the first profile")
         second = await self.get("/debug/profile?seconds=1")
         self.assert_error(second, 409, "a profile is being taken")
         served = 0
