@@ -77,21 +77,18 @@ class Claims:
 
     def _take(self, key: str) -> bool:
         """Create the claim, if no one holds it."""
-        path = self._path(key)
-        for attempt in (1, 2):
+        path, flags = self._path(key), os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
             try:
-                claim = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                return False
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
+                claim = os.open(path, flags, 0o600)
+            except FileNotFoundError:  # the first claim since tmp/ was emptied
                 os.makedirs(self.directory, mode=DIRECTORY_MODE, exist_ok=True)
-                continue
-            with os.fdopen(claim, "w") as written:
-                written.write(str(self.pid))
-            return True
-        return False  # pragma: no cover - the loop returns or raises
+                claim = os.open(path, flags, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(claim, "w") as written:
+            written.write(str(self.pid))
+        return True
 
     def _release(self, key: str) -> None:
         """Remove the claim if it is still this process's: one taken over from it (held too

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
@@ -383,10 +384,14 @@ class Images:
             await self._ensure_original(namespace, image_hash)
             directory = paths.image_directory(namespace, image_hash)
             await self.quota.admit(directory, variant.name)
+            render = partial(self._render, namespace, image_hash, variant, output_format, labels)
             try:
-                path = await self._render_once(
-                    namespace, image_hash, variant, output_format, labels
-                )
+                if self.claims is None:
+                    path: str | None = await render()
+                else:  # None when another main process has made it meanwhile
+                    path = await self.claims.run(
+                        relative, partial(self.store.exists, relative), render
+                    )
             except BaseException:
                 self.quota.give_back(directory)
                 raise
@@ -427,24 +432,6 @@ class Images:
             raise NotFound(f"image {namespace}/{image_hash} does not exist")
         if self.remote is not None:
             os.utime(path)
-
-    async def _render_once(
-        self,
-        namespace: str,
-        image_hash: str,
-        variant: Variant,
-        output_format: str,
-        labels: tuple[str, str, str],
-    ) -> str | None:
-        """`_render`, or None when another main process has made the variant meanwhile."""
-        if self.claims is None:
-            return await self._render(namespace, image_hash, variant, output_format, labels)
-        relative = paths.relative_path(namespace, image_hash, variant.name)
-        return await self.claims.run(
-            relative,
-            lambda: self.store.exists(relative),
-            lambda: self._render(namespace, image_hash, variant, output_format, labels),
-        )
 
     async def _render(
         self,

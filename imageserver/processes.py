@@ -33,7 +33,7 @@ from twisted.application import internet
 from twisted.application.service import Service
 from twisted.internet import error as internet_error
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -118,22 +118,21 @@ def bound_port(server: internet.TCPServer) -> int:
 
 
 def scrape_metrics(client: HTTPClient, ports: dict[int, int]) -> Deferred[dict[int, bytes]]:
-    """Each secondary's metrics page, by process index; one that does not answer within
-    `SCRAPE_SECONDS` is left out (the scrape shows what the others say)."""
+    """Each secondary's metrics page, by process index, all asked at once; one that does not
+    answer within `SCRAPE_SECONDS` is left out (the scrape shows what the others say)."""
 
-    async def scrape() -> dict[int, bytes]:
-        pages = {}
-        for index, port in sorted(ports.items()):
-            try:
-                response = await client.get(f"http://127.0.0.1:{port}/", timeout=SCRAPE_SECONDS)
-                pages[index] = await response.content()
-            except Exception as error:  # a secondary restarting, or stuck: not the scrape's end
-                log.warn(
-                    "metrics of main process {index} not read: {error}", index=index, error=error
-                )
-        return pages
+    async def scrape(index: int, port: int) -> tuple[int, bytes | None]:
+        try:
+            response = await client.get(f"http://127.0.0.1:{port}/", timeout=SCRAPE_SECONDS)
+            return index, await response.content()
+        except Exception as error:  # a secondary restarting, or stuck: not the scrape's end
+            log.warn("metrics of main process {index} not read: {error}", index=index, error=error)
+            return index, None
 
-    return Deferred.fromCoroutine(scrape())
+    asked = [Deferred.fromCoroutine(scrape(index, port)) for index, port in ports.items()]
+    return gatherResults(asked).addCallback(
+        lambda pages: {index: page for index, page in pages if page is not None}
+    )
 
 
 def secondary_config(config: Config, port: int) -> str:
