@@ -603,7 +603,32 @@ def phase_quality(manifest: dict[str, Any]) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as scratch:
         spec_path, result_path = Path(scratch) / "spec.json", Path(scratch) / "result.json"
         spec_path.write_text(json.dumps(spec))
-        return _in_worker_environment("benchmarks.quality", spec_path, result_path, 3600)
+        result = _in_worker_environment("benchmarks.quality", spec_path, result_path, 3600)
+    result["decoders"] = heic_decoders(spec["sources"][0])
+    return result
+
+
+# The HEVC decoder builds within reach of a pip install: the default's and the ``heic`` extra's.
+HEIC_DECODERS = (("pi-heif", "pi_heif", False), ("pillow-heif (heic extra)", "pillow_heif", True))
+
+
+def heic_decoders(path: str, repeat: int = 5) -> list[Result]:
+    """CPU ms of a whole decode of `path` by each build (heic_decode.py): the best of three
+    medians of `repeat` decodes, the builds alternated (the machine's speed drifts)."""
+    pythons = {False: sys.executable, True: str(fixtures.ensure_tools_venv())}
+    samples: dict[str, list[float]] = {name: [] for name, _, _ in HEIC_DECODERS}
+    for _ in range(3):
+        for name, module, tools in HEIC_DECODERS:
+            command = [
+                pythons[tools],
+                str(BENCHMARKS / "heic_decode.py"),
+                module,
+                path,
+                str(repeat),
+            ]
+            done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+            samples[name].append(float(done.stdout))
+    return [{"decoder": name, "cpu_ms": min(times)} for name, times in samples.items()]
 
 
 def soak_work(manifest: dict[str, Any], hashes: dict[str, list[str]]) -> list[str]:

@@ -459,10 +459,23 @@ def _render_quality(quality: Result) -> str:
         for row in quality["rows"]
     ]
     header = ["variant", "decoded from", "PSNR dB", "CPU ms", "whole CPU ms", "CPU / whole"]
-    return (
+    text = (
         "HEIC shortcuts (quality.py: one process, VIPS_CONCURRENCY=1; PSNR of lossless renders"
         " against the whole decode's)\n\n" + _table(header, rows) + "\n\n"
     )
+    decoders = quality.get("decoders", [])
+    if decoders:
+        reference = decoders[0]["cpu_ms"]
+        rows = [
+            [d["decoder"], _format(d["cpu_ms"], 0), _format(_ratio(d["cpu_ms"], reference), 2)]
+            for d in decoders
+        ]
+        header = ["decoder", "CPU ms per whole decode", f"/ {decoders[0]['decoder']}"]
+        text += (
+            "HEVC decoder builds (heic_decode.py: the whole source, one thread, the best of three"
+            " alternated medians of 5)\n\n" + _table(header, rows) + "\n\n"
+        )
+    return text
 
 
 def _render_ceiling(ceiling: Result) -> str:
