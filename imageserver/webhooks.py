@@ -35,6 +35,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed
 
 from imageserver import events
 from imageserver.backoff import NETWORK_ERRORS, Backoff
@@ -43,6 +44,9 @@ from imageserver.outbox import Letter, Outbox, new_id
 from imageserver.signature import webhook_signature
 
 log = Logger()
+
+# The errors of Twisted's HTTP client that wrap the failures under them (``reasons``).
+_WRAPPED = (RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed)
 
 # --webhook-events tokens and the event names on the wire.
 WIRE_NAMES = {
@@ -324,7 +328,14 @@ async def _post(
         headers[b"X-Webhook-Timestamp"] = [stamp.encode()]
         signature = webhook_signature(secret, stamp, letter.body)
         headers[b"X-Webhook-Signature"] = [signature.encode()]
-    response = await http.post(url, data=letter.body, headers=headers)
+    try:
+        response = await http.post(url, data=letter.body, headers=headers)
+    except _WRAPPED as error:
+        if all(reason.check(CancelledError) for reason in error.reasons):
+            # Cancelled while the request was being sent: Twisted's client wraps the cancel,
+            # which must stay one (the sender stopping, or `addTimeout` turning it into a timeout).
+            raise CancelledError() from error
+        raise
     drain = _Drain()
     response.deliverBody(drain)
     await drain.done

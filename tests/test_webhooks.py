@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import server
+from twisted.web.client import RequestGenerationFailed
 
 from imageserver import events
 from imageserver.backoff import Backoff
@@ -87,6 +89,25 @@ class ScheduleTests(unittest.TestCase):
             "image_server_webhook_deliveries_total", labels
         )
         return found or 0.0
+
+    def test_stopping_mid_request_is_no_failure(self) -> None:
+        """Cancelled while its request is being sent (Twisted's client wraps the cancel in a
+        `RequestGenerationFailed`), an attempt is a stop: nothing logged as a bug, the event kept
+        in the outbox and not counted as failed."""
+
+        def hanging_post(url: bytes, data: bytes, headers: Any) -> Deferred[FakeResponse]:
+            def cancel(sending: Deferred[FakeResponse]) -> None:
+                sending.errback(RequestGenerationFailed([Failure(CancelledError())]))
+
+            return Deferred(cancel)
+
+        self.receiver.post = hanging_post  # type: ignore[method-assign]
+        sender = self.sender()
+        sender.emit(uploaded(1))
+        sender.stopService()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(len(Outbox(self.directory).load()), 1)
+        self.assertEqual(self.count("failed"), 0)
 
     def test_retried_until_the_deadline_then_a_dead_letter(self) -> None:
         sender = self.sender()
